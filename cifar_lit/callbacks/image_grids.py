@@ -1,0 +1,105 @@
+"""Grids of misclassified and correctly classified images in TensorBoard and as PNGs in the run folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure
+
+KINDS = ("misclassified", "correct")
+
+
+def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
+    """The SummaryWriter of the run's TensorBoardLogger, if it has one."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class PredictionGrids(Callback):
+    """After validation (every `every_n_epochs`) and after testing, logs up to `max_images` misclassified and as many
+    correctly classified images, de-normalized and captioned "true / pred", under the image tags
+    `<stage>/misclassified` and `<stage>/correct`. The test grids are also saved as misclassified.png and
+    correct.png in the run folder. Works with fewer than `max_images` of either kind; rank zero only."""
+
+    def __init__(self, class_names: Sequence[str], max_images: int = 32, every_n_epochs: int = 1,
+                 run_dir: Path | None = None) -> None:
+        self.class_names = tuple(class_names)
+        self.max_images = max_images
+        self.every_n_epochs = every_n_epochs
+        self.run_dir = run_dir
+        self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self._active = False
+
+    def _start(self, active: bool) -> None:
+        self._active = active and self.max_images > 0
+        self._collected = {kind: [] for kind in KINDS}
+
+    def _count(self, kind: str) -> int:
+        return sum(len(labels) for _, labels, _ in self._collected[kind])
+
+    def _collect(self, trainer: pl.Trainer, outputs: Any, batch: Any) -> None:
+        if not self._active or not isinstance(outputs, dict) or "preds" not in outputs:
+            return
+        images, labels = batch
+        preds = outputs["preds"]
+        wrong = preds != labels
+        for kind, mask in (("misclassified", wrong), ("correct", ~wrong)):
+            room = self.max_images - self._count(kind)
+            if room > 0:
+                chosen = mask.nonzero().flatten()[:room]
+                if len(chosen):
+                    pictures = trainer.datamodule.denormalize(images[chosen])
+                    self._collected[kind].append((pictures.cpu(), labels[chosen].cpu(), preds[chosen].cpu()))
+
+    def _gathered(self, kind: str) -> tuple[np.ndarray, list[int], list[int]]:
+        parts = self._collected[kind]
+        if not parts:
+            return np.zeros((0, 32, 32, 3), dtype=np.float32), [], []
+        images = torch.cat([p[0] for p in parts]).permute(0, 2, 3, 1).float().numpy()
+        return images, torch.cat([p[1] for p in parts]).tolist(), torch.cat([p[2] for p in parts]).tolist()
+
+    def _publish(self, trainer: pl.Trainer, stage: str, save_png: bool) -> None:
+        if not self._active:
+            return
+        writer = tensorboard_writer(trainer)
+        for kind in KINDS:
+            images, true, pred = self._gathered(kind)
+            when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
+            title = f"{kind.capitalize()} {stage} images ({len(true)} shown), {when}"
+            figure = prediction_grid_figure(images, true, pred, self.class_names, title)
+            if writer is not None:
+                writer.add_image(f"{stage}/{kind}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
+            if save_png:
+                save_figure(figure, Path(self.run_dir or trainer.log_dir or ".") / f"{kind}.png")
+        self._active = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        self._start(trainer.is_global_zero and not trainer.sanity_checking and due)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(trainer, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer, "val", save_png=False)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer.is_global_zero)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(trainer, outputs, batch)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer, "test", save_png=True)

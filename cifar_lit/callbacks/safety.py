@@ -1,0 +1,120 @@
+"""Stopping safely: on SIGTERM or Ctrl-C save a resumable checkpoint first; on a non-finite loss save nothing."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+class StopRequested(Exception):
+    """Training was asked to stop by a signal; a checkpoint was saved (path in `checkpoint`)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, epoch: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite at `step`."""
+
+    def __init__(self, step: int, epoch: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
+        self.epoch = epoch
+
+
+class NonFiniteLossGuard(Callback):
+    """Notes the first step whose loss is NaN or infinite and stops the run before any checkpoint is written.
+
+    The test runs on the device without waiting for it (no host sync per step); the host looks at the result every
+    `check_every_n_steps` steps and always before a checkpoint can be saved, so a poisoned state is never written
+    over a good checkpoint. The step reported is the exact one where the loss first went bad.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1, checkpoint_every_n_steps: int = 0) -> None:
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self._first_bad_step: torch.Tensor | None = None
+        self._epoch_of_step: dict[int, int] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        step = trainer.global_step
+        self._first_bad_step.masked_fill_(~torch.isfinite(loss.detach()) & (self._first_bad_step < 0), step)
+        self._epoch_of_step[step] = trainer.current_epoch
+        due = step % self.check_every_n_steps == 0
+        checkpoint_due = self.checkpoint_every_n_steps and step % self.checkpoint_every_n_steps == 0
+        if due or checkpoint_due:
+            self.check()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise NonFiniteLoss if any step so far had a non-finite loss."""
+        if self._first_bad_step is not None:
+            bad_step = int(self._first_bad_step)
+            if bad_step >= 0:
+                raise NonFiniteLoss(bad_step, self._epoch_of_step.get(bad_step, 0))
+            self._epoch_of_step.clear()
+
+
+class GracefulStop(Callback):
+    """On SIGTERM or the first Ctrl-C, finish the batch in hand, save `checkpoint_path`, and stop (StopRequested).
+
+    A second Ctrl-C interrupts at once. Lightning's own SIGTERM handling, which raises between batches, is covered
+    too: its exception gets the same checkpoint. Handlers are installed around fit by `installed_handlers`.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpoint_path: Path, guard: NonFiniteLossGuard | None = None) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.guard = guard
+        self.signum: int | None = None
+        self.saved: Path | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if self.guard is not None:
+            self.guard.check()
+        trainer.save_checkpoint(self.checkpoint_path)
+        self.saved = self.checkpoint_path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.signum is not None and trainer.world_size == 1:
+            self._save(trainer)
+            raise StopRequested(self.signum, self.saved, trainer.current_epoch, trainer.global_step)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self.saved is None:
+            self._save(trainer)

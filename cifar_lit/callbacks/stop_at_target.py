@@ -1,0 +1,78 @@
+"""Stop training the moment the monitored accuracy reaches the target, and say when."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, Timer
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+# EarlyStopping stops only when the metric is strictly above its threshold. Accuracy is a multiple of 1/N for N
+# evaluated images (N = 10,000 here), so a threshold this far below the target turns "above" into "reached".
+REACHED_TOLERANCE = 1e-6
+
+
+class StopAtTarget(EarlyStopping):
+    """Lightning's EarlyStopping with only its threshold rule: stop once `monitor` >= `target`.
+
+    Adds what the threshold rule lacks: the epoch (1-based) and the seconds of training (Lightning's Timer,
+    which carries over resumes) at which the target was reached, printed once and kept in the checkpoint, so a
+    resumed run knows it is already done.
+    """
+
+    def __init__(self, target: float, timer: Timer, monitor: str = "val/acc") -> None:
+        super().__init__(
+            monitor=monitor,
+            mode="max",
+            stopping_threshold=target - REACHED_TOLERANCE,
+            patience=sys.maxsize,
+            verbose=False,
+        )
+        self.target = target
+        self.timer = timer
+        self.reached_epoch: int | None = None
+        self.reached_seconds: float | None = None
+        self.reached_value: float | None = None
+
+    def _record_if_reached(self, trainer: pl.Trainer) -> None:
+        if self.reached_epoch is not None or self.stopping_reason != EarlyStoppingReason.STOPPING_THRESHOLD:
+            return
+        self.reached_epoch = trainer.current_epoch + 1
+        self.reached_seconds = self.timer.time_elapsed("train")
+        self.reached_value = float(trainer.callback_metrics[self.monitor])
+        rank_zero_info(
+            f"Target reached: {self.monitor} = {self.reached_value:.4f} >= {self.target} at epoch "
+            f"{self.reached_epoch}, after {self.reached_seconds:.1f} s of training."
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._record_if_reached(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._record_if_reached(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            target=self.target,
+            reached_epoch=self.reached_epoch,
+            reached_seconds=self.reached_seconds,
+            reached_value=self.reached_value,
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        value = state_dict.get("reached_value")
+        if value is not None and value >= self.target - REACHED_TOLERANCE:
+            self.reached_epoch = state_dict.get("reached_epoch")
+            self.reached_seconds = state_dict.get("reached_seconds")
+            self.reached_value = value
+        else:  # a raised target: what the earlier run reached no longer counts
+            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            self.stopping_reason_message = None

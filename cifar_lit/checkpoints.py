@@ -1,0 +1,137 @@
+"""Checkpoints that survive kills and cannot run code: atomic writes, weights-only loads, compatibility checks."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from cifar_lit.errors import CheckpointError
+
+LAST_NAME = "last.ckpt"
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename inside `folder` durable (best effort: not every file system allows it)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it into place.
+
+    A kill at any moment leaves either the previous complete file or the new complete file, never a torn one.
+    (Lightning's own save writes the target in place through an fsspec transaction whose temporary file lives
+    in the system temp folder, so the final move can be a copy.) A failed write (full disk, no permission)
+    leaves the previous checkpoint untouched and says so.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            fsync_directory(path.parent)
+        except OSError as error:
+            raise CheckpointError(
+                f"Could not write the checkpoint {path} ({error.strerror or error}). The checkpoints already in "
+                f"{path.parent} are untouched. Free disk space or choose another --logdir, then resume with "
+                "--resume last."
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint loaded with `weights_only=True`: tensors and plain data only, nothing that runs on unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"The checkpoint {path} does not exist. Give the path of a .ckpt file written by train.py (they are in "
+            f"<logdir>/version_N/{CHECKPOINT_FOLDER}/), or --resume last for the newest one under --logdir."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"Refusing to load {path}: it holds objects other than tensors and plain data ({first_line[:200]}), "
+            "and unpickling them could run code. Only use checkpoints written by cifar_lit from a source you trust."
+        ) from None
+    except Exception as error:
+        raise CheckpointError(
+            f"Cannot read the checkpoint {path} ({type(error).__name__}: {' '.join(str(error).split())[:200]}). "
+            "It is truncated or not a checkpoint; use another one, e.g. best-*.ckpt or last.ckpt of the same run."
+        ) from None
+
+
+def check_compatible(checkpoint: dict[str, Any], path: Path, reference: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint of another model or class count with a message instead of a shape traceback."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint written by cifar_lit's train.py (it has no "
+                              "state_dict). Use a .ckpt file from <logdir>/version_N/checkpoints/.")
+    missing = [key for key in reference if key not in state]
+    unexpected = [key for key in state if key.startswith("model.") and key not in reference]
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} instead of {tuple(value.shape)}"
+        for key, value in reference.items()
+        if key in state and hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(value.shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+                f"shape {', '.join(mismatched[:3])}" if mismatched else "",
+            )
+            if part
+        )
+        raise CheckpointError(
+            f"{path} does not hold the 10-class CIFAR ResNet18 this project trains ({details}). It comes from "
+            "another model or class count; resume from a checkpoint of a cifar_lit run instead."
+        )
+
+
+def find_last_checkpoint(logdir: Path) -> Path:
+    """The most recently written last.ckpt under `logdir`."""
+    candidates = [path for path in Path(logdir).glob(f"**/{CHECKPOINT_FOLDER}/{LAST_NAME}") if path.is_file()]
+    if not candidates:
+        raise CheckpointError(
+            f"--resume last found no {CHECKPOINT_FOLDER}/{LAST_NAME} under {logdir}. Start a run first, point "
+            "--logdir at the folder of the earlier runs, or give --resume the path of a checkpoint."
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime_ns)
+
+
+def run_dir_of(checkpoint_path: Path) -> Path | None:
+    """The run folder (version_N) a checkpoint belongs to, when it sits in that run's checkpoints/ folder."""
+    folder = Path(checkpoint_path).resolve().parent
+    return folder.parent if folder.name == CHECKPOINT_FOLDER else None
+
+
+def callback_state(checkpoint: dict[str, Any], class_name: str) -> dict[str, Any] | None:
+    """The saved state of the callback whose state key starts with `class_name`."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith(class_name):
+            return state
+    return None

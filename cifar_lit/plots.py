@@ -1,0 +1,156 @@
+"""Figures of a run: learning curves, captioned image grids, confusion matrix and per-class accuracy.
+
+Built on matplotlib's object API (Figure + Agg canvas), never pyplot, so no global state or display is touched.
+Colours come from the Okabe-Ito palette, readable with the common colour-vision deficiencies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+BLUE, ORANGE, GREEN, VERMILLION, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#555555"
+SERIES_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def figure_to_array(figure: Figure) -> np.ndarray:
+    """RGB uint8 (H, W, 3) rendering, e.g. for TensorBoard's add_image."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write a PNG through a temporary file, so a reader never sees half an image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    FigureCanvasAgg(figure).print_png(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def curves_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str, percent: bool = False
+) -> Figure:
+    """One axis of named (epochs, values) lines, e.g. train and val accuracy against epochs."""
+    figure = new_figure(6.4, 4.0)
+    axis = figure.add_subplot()
+    for (name, (xs, ys)), colour in zip(series.items(), SERIES_COLOURS):
+        values = [100.0 * y for y in ys] if percent else list(ys)
+        axis.plot(list(xs), values, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=name)
+    axis.set_xlabel("epoch", fontsize=11)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylabel(f"{ylabel} (%)" if percent else ylabel, fontsize=11)
+    axis.set_title(title, fontsize=12)
+    axis.grid(True, alpha=0.3)
+    axis.tick_params(labelsize=10)
+    if series:
+        axis.legend(fontsize=10)
+    return figure
+
+
+def accuracy_and_loss_figure(history: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """Accuracy and loss side by side from per-epoch history rows."""
+    figure = new_figure(11.0, 4.0)
+    panels = (("acc", "accuracy (%)", True), ("loss", "loss", False))
+    for index, (key, label, percent) in enumerate(panels, start=1):
+        axis = figure.add_subplot(1, 2, index)
+        for stage, colour in (("train", BLUE), ("val", ORANGE)):
+            points = [(row["epoch"], row[f"{stage}_{key}"]) for row in history if row.get(f"{stage}_{key}") is not None]
+            if points:
+                xs, ys = zip(*points)
+                ys = [100.0 * y for y in ys] if percent else ys
+                axis.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=stage)
+        axis.set_xlabel("epoch", fontsize=11)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(label, fontsize=11)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=10)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    return figure
+
+
+def prediction_grid_figure(
+    images: np.ndarray,
+    true_labels: Sequence[int],
+    predicted_labels: Sequence[int],
+    class_names: Sequence[str],
+    title: str,
+    columns: int = 8,
+) -> Figure:
+    """Images (N, H, W, 3) in [0, 1], each captioned "true" over "pred", enlarged without smoothing."""
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    figure = new_figure(1.45 * columns, 1.75 * rows + 0.5)
+    figure.suptitle(title, fontsize=12)
+    for index in range(rows * columns):
+        axis = figure.add_subplot(rows, columns, index + 1)
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(images[index], interpolation="nearest")
+        true_name, pred_name = class_names[true_labels[index]], class_names[predicted_labels[index]]
+        wrong = true_labels[index] != predicted_labels[index]
+        axis.set_title(
+            f"true: {true_name}\npred: {pred_name}", fontsize=9, color=VERMILLION if wrong else "black",
+            fontweight="bold" if wrong else "normal",
+        )
+    if count == 0:
+        figure.text(0.5, 0.5, "none", ha="center", va="center", fontsize=12, color=GREY)
+    return figure
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Counts of (true row, predicted column), each cell labelled, diagonal reading as accuracy per class."""
+    matrix = np.asarray(matrix)
+    figure = new_figure(7.2, 6.4)
+    axis = figure.add_subplot()
+    row_sums = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    shares = matrix / row_sums
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=9)
+    axis.set_yticks(ticks, class_names, fontsize=9)
+    axis.set_xlabel("predicted class", fontsize=11)
+    axis.set_ylabel("true class", fontsize=11)
+    axis.set_title(title, fontsize=12)
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(int(count)), ha="center", va="center", fontsize=7.5,
+                  color="white" if shares[row, column] > 0.5 else "black")
+    return figure
+
+
+def per_class_accuracy_figure(accuracies: Sequence[float], class_names: Sequence[str], title: str) -> Figure:
+    """Horizontal bars of accuracy per class, labelled with the value, overall mean marked."""
+    values = 100.0 * np.asarray(accuracies, dtype=float)
+    figure = new_figure(6.4, 4.4)
+    axis = figure.add_subplot()
+    positions = np.arange(len(class_names))
+    axis.barh(positions, values, color=BLUE)
+    axis.set_yticks(positions, class_names, fontsize=10)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 105)
+    axis.set_xlabel("accuracy (%)", fontsize=11)
+    axis.set_title(title, fontsize=12)
+    for position, value in zip(positions, values):
+        axis.text(min(value + 1.0, 96.0), position, f"{value:.1f}", va="center", fontsize=9)
+    axis.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=1.2, label=f"mean {values.mean():.1f}")
+    axis.legend(fontsize=9, loc="lower right")
+    axis.grid(True, axis="x", alpha=0.3)
+    return figure

@@ -1,0 +1,61 @@
+"""What a result was measured on: device, library versions, git commit and command, for every record we write."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def device_description(device: torch.device | str | None = None) -> str:
+    """'NVIDIA H100 80GB HBM3' for a CUDA device, else the CPU with its core count."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def versions() -> dict[str, Any]:
+    import numpy
+    import pytorch_lightning
+    import torchmetrics
+    import torchvision
+
+    import cifar_lit
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cifar_lit": cifar_lit.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    """HEAD of the project checkout, with '-dirty' when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if status else head
+
+
+def command_line(argv: list[str] | None = None, program: str | None = None) -> str:
+    program = program or Path(sys.argv[0]).name
+    return shlex.join(["python", program, *(sys.argv[1:] if argv is None else argv)])

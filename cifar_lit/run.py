@@ -1,0 +1,343 @@
+"""train.py's work: check everything the user gave, train until the target, test the best checkpoint, record the run.
+
+Every user mistake surfaces as a UserError before a run folder is created; `main` prints it as one paragraph and
+exits with status 2. A run stopped by SIGTERM/Ctrl-C exits 128 + the signal number after saving last.ckpt, and a
+non-finite loss exits 3 without writing any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
+from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from cifar_lit.callbacks.history import EpochHistory, write_text_atomic
+from cifar_lit.callbacks.image_grids import PredictionGrids
+from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, NonFiniteLossGuard, StopRequested
+from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE, StopAtTarget
+from cifar_lit.checkpoints import (
+    CHECKPOINT_FOLDER,
+    LAST_NAME,
+    AtomicCheckpointIO,
+    callback_state,
+    check_compatible,
+    find_last_checkpoint,
+    load_checkpoint,
+    run_dir_of,
+)
+from cifar_lit.config import class_kwargs, parse_config
+from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.errors import ConfigError, UserError
+from cifar_lit.module import CIFARClassifier
+from cifar_lit.provenance import command_line, device_description, git_commit, versions
+
+log = logging.getLogger("cifar_lit")
+RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+
+
+# ------------------------------------------------------------------------------------------------ hardware, folders
+
+
+def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
+    """(accelerator, devices, precision) from --gpus or --accelerator/--devices, and --precision or its default."""
+    accelerator, devices = config["accelerator"], config["devices"]
+    gpus = config["gpus"]
+    if gpus is not None:
+        if gpus > 0 and torch.cuda.device_count() < gpus:
+            raise ConfigError(
+                f"--gpus {gpus} asks for {gpus} GPU(s), but PyTorch sees {torch.cuda.device_count()}. Use --gpus 0 "
+                "to train on the CPU, or run where the GPUs are visible (check CUDA_VISIBLE_DEVICES)."
+            )
+        accelerator, devices = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+    elif accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    precision = config["precision"] or ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
+    return accelerator, devices, precision
+
+
+def next_version_dir(logdir: Path) -> Path:
+    """The first free version_N folder, created now so no other run takes it."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in logdir.glob("version_*") if p.name.split("_")[1].isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:
+        candidate = logdir / f"version_{number}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write to the log folder {folder} ({error.strerror or error}). Choose a writable folder with "
+            "--logdir, or fix its permissions / free some disk space."
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------------- resume
+
+
+def epochs_completed(checkpoint: dict[str, Any]) -> int:
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint.get("epoch", 0)))
+
+
+def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path: Path) -> str | None:
+    """A message when resuming `checkpoint` would not train at all (target already reached, or no epochs left)."""
+    stop = callback_state(checkpoint, StopAtTarget.__name__) or {}
+    reached = stop.get("reached_value")
+    if reached is not None and reached >= config["target_acc"] - REACHED_TOLERANCE:
+        return (
+            f"Nothing to do: the run of {path} already reached val/acc {reached:.4f} >= {config['target_acc']} at "
+            f"epoch {stop.get('reached_epoch')}. Raise --target-acc (and --max-epochs if needed) to train further."
+        )
+    done = epochs_completed(checkpoint)
+    if done >= config["max_epochs"]:
+        return (
+            f"Nothing to do: the run of {path} already trained {done} epoch(s), --max-epochs is "
+            f"{config['max_epochs']}. Raise --max-epochs to train further."
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- building
+
+
+def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule) -> dict[str, Any]:
+    """The run's callbacks by role (the summary reads some of them back)."""
+    timer = Timer(duration=None, verbose=False)
+    guard = NonFiniteLossGuard(
+        check_every_n_steps=1 if config["progress_bar"] else config["log_every_n_steps"],
+        checkpoint_every_n_steps=config["ckpt_every_n_steps"],
+    )
+    callbacks: dict[str, Any] = {
+        "timer": timer,
+        "stop": StopAtTarget(config["target_acc"], timer),
+        "guard": guard,
+        "lr": LearningRateMonitor(logging_interval="step"),
+    }
+    if config["progress_bar"]:
+        callbacks["progress"] = TQDMProgressBar(refresh_rate=10)
+    if config["ema_decay"]:
+        callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
+    if run_dir is not None:
+        checkpoint_dir = run_dir / CHECKPOINT_FOLDER
+        callbacks["history"] = EpochHistory(run_dir)
+        callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"],
+                                             config["grid_every_n_epochs"], run_dir)
+        callbacks["best"] = ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+            monitor="val/acc", mode="max", save_top_k=1, save_last=True,
+        )
+        if config["ckpt_every_n_steps"]:
+            callbacks["steps"] = ModelCheckpoint(
+                dirpath=checkpoint_dir, every_n_train_steps=config["ckpt_every_n_steps"], save_top_k=0,
+                save_last=True,
+            )
+        callbacks["graceful"] = GracefulStop(checkpoint_dir / LAST_NAME, guard)
+    return callbacks
+
+
+def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Path | None) -> pl.Trainer:
+    accelerator, devices, precision = resolve_hardware(config)
+    logger: Any = False
+    if run_dir is not None:
+        logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name,
+                                   default_hp_metric=False)
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=config["num_nodes"],
+        strategy=config["strategy"],
+        precision=precision,
+        max_epochs=config["max_epochs"],
+        logger=logger,
+        callbacks=list(callbacks.values()),
+        deterministic=config["deterministic"],
+        benchmark=not config["deterministic"],
+        log_every_n_steps=config["log_every_n_steps"],
+        enable_progress_bar=config["progress_bar"],
+        enable_checkpointing=run_dir is not None,
+        num_sanity_val_steps=config["sanity_val_steps"],
+        fast_dev_run=config["fast_dev_run"],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=config["logdir"],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+
+
+def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], callbacks: dict[str, Any],
+                  trainer: pl.Trainer, model: CIFARClassifier, test_metrics: dict[str, float],
+                  best_path: str | None, started: float) -> dict[str, Any]:
+    stop: StopAtTarget = callbacks["stop"]
+    best: ModelCheckpoint = callbacks["best"]
+    history: EpochHistory = callbacks["history"]
+    summary = {
+        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
+        "test_acc": test_metrics.get("test/acc"),
+        "test_loss": test_metrics.get("test/loss"),
+        "test_acc_tta": test_metrics.get("test/acc_tta"),
+        "target_acc": config["target_acc"],
+        "target_reached": stop.reached_epoch is not None,
+        "target_epoch": stop.reached_epoch,
+        "target_seconds": stop.reached_seconds,
+        "epochs_run": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "train_seconds": callbacks["timer"].time_elapsed("train"),
+        "warmup_seconds": model.warmup_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "val_acc_per_epoch": [row.get("val_acc") for row in history.rows],
+        "device": device_description(trainer.strategy.root_device),
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "command": command_line(list(argv), "train.py"),
+        "best_checkpoint": best_path,
+        "run_dir": str(run_dir),
+        "config": config,
+    }
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def report(summary: dict[str, Any]) -> str:
+    if summary["target_reached"]:
+        target = (f"target {summary['target_acc']:.0%} reached at epoch {summary['target_epoch']} after "
+                  f"{summary['target_seconds']:.1f} s of training")
+    else:
+        target = f"target {summary['target_acc']:.0%} not reached in {summary['epochs_run']} epoch(s)"
+    test = f"{summary['test_acc']:.2%}" if summary["test_acc"] is not None else "n/a"
+    return f"Done: test accuracy {test} (best checkpoint); {target}. Run folder: {summary['run_dir']}"
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def train(argv: Sequence[str], started: float) -> int:
+    config = parse_config(argv)
+    checkpoint_path: Path | None = None
+    run_dir: Path | None = None
+    if config["resume"]:
+        logdir = Path(config["logdir"])
+        checkpoint_path = find_last_checkpoint(logdir) if config["resume"] == "last" else Path(config["resume"])
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_compatible(checkpoint, checkpoint_path, CIFARClassifier().state_dict())
+        run_dir = run_dir_of(checkpoint_path)
+        saved_config = run_dir / "config.yaml" if run_dir else None
+        if saved_config is not None and saved_config.is_file():
+            config = parse_config(["--config", str(saved_config), *argv])
+        message = nothing_left_to_do(checkpoint, config, checkpoint_path)
+        if message:
+            print(message)
+            return 0
+        log.info("Resuming from %s", checkpoint_path)
+
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, config))
+    datamodule.prepare_data()  # data problems surface here, before any run folder exists
+    resolve_hardware(config)
+    model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
+
+    created_run_dir = False
+    if not config["fast_dev_run"]:
+        if os.environ.get(RUN_DIR_ENV):
+            run_dir = Path(os.environ[RUN_DIR_ENV])
+        elif run_dir is None:
+            check_writable(Path(config["logdir"]))
+            run_dir = next_version_dir(Path(config["logdir"]))
+            created_run_dir = True
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+    callbacks = build_callbacks(config, run_dir, datamodule)
+    try:
+        trainer = build_trainer(config, callbacks, run_dir)
+        if run_dir is not None and trainer.is_global_zero:
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, run_dir, started)
+    except UserError:
+        if created_run_dir and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
+                 callbacks: dict[str, Any], config: dict[str, Any], argv: Sequence[str],
+                 checkpoint_path: Path | None, run_dir: Path | None, started: float) -> int:
+    graceful: GracefulStop | None = callbacks.get("graceful")
+    if graceful is not None:
+        graceful.install()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
+    except StopRequested as stop:
+        print(
+            f"Stopped by signal {stop.signum} at epoch {stop.epoch + 1}, step {stop.step}; saved {stop.checkpoint}. "
+            f"Resume with: python train.py --resume last --logdir {config['logdir']}",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    except NonFiniteLoss as bad:
+        last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
+        kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
+        print(
+            f"error: the training loss became NaN or infinite at step {bad.step} (epoch {bad.epoch + 1}); training "
+            f"stopped there and nothing was saved after it: {kept}. Lower --lr or use --precision 32-true, then "
+            "resume from that checkpoint.",
+            file=sys.stderr,
+        )
+        return EXIT_NON_FINITE
+    finally:
+        if graceful is not None:
+            graceful.uninstall()
+    if graceful is not None and graceful.signum is not None:
+        print(f"Stopped by signal {graceful.signum}; the last checkpoint is in {run_dir / CHECKPOINT_FOLDER}.",
+              file=sys.stderr)
+        return 128 + graceful.signum
+    if config["fast_dev_run"]:
+        trainer.test(model, datamodule=datamodule)
+        print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
+        return 0
+    best: ModelCheckpoint = callbacks["best"]
+    best_path = best.best_model_path or None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    test_metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
+    if trainer.is_global_zero and run_dir is not None:
+        summary = write_summary(run_dir, config, argv, callbacks, trainer, model, test_metrics, best_path, started)
+        print(report(summary))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return train(list(sys.argv[1:] if argv is None else argv), started)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
