@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        # torch's weights-only unpickler names the first object it refused: "Unsupported global: GLOBAL os.system"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise CheckpointError(
+                f"Refusing to load {path}: it asks to import {refused.group(1)} while unpickling, which could run "
+                "code. Checkpoints hold only tensors and plain data; use one written by cifar_lit from a source you "
+                "trust."
+            ) from None
         raise CheckpointError(
-            f"Refusing to load {path}: it holds objects other than tensors and plain data ({first_line[:200]}), "
-            "and unpickling them could run code. Only use checkpoints written by cifar_lit from a source you trust."
+            f"Cannot read the checkpoint {path} (it is not a PyTorch checkpoint, or is damaged). Use another one, "
+            "e.g. best-*.ckpt or last.ckpt of the same run."
         ) from None
     except Exception as error:
         raise CheckpointError(

@@ -31,7 +31,7 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("strategy", str, "auto", "Lightning strategy, e.g. ddp (auto: ddp when there are several devices)"),
     ("precision", Optional[str], None,
      f"numeric precision ({', '.join(PRECISIONS)}); default bf16-mixed on a GPU that supports it, else 32-true"),
-    ("max_epochs", int, 30, "epochs at most; training stops earlier when --target-acc is reached"),
+    ("max_epochs", int, 10, "epochs at most; training stops earlier when --target-acc is reached"),
     ("target_acc", float, 0.85, "stop as soon as validation accuracy reaches this fraction, in (0, 1]"),
     ("seed", int, 0, "seed for weights, data order and augmentation"),
     ("resume", Optional[str], None, "checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir"),
@@ -118,7 +118,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/default.yaml)")
     for name, annotation, default, help_text in all_options():
         if annotation is bool:
-            parser.add_argument(flag(name), action=ActionYesNo(no_prefix="no-"), default=default, help=help_text)
+            parser.add_argument(flag(name), action=ActionYesNo(no_prefix="no-"), nargs="?", default=default,
+                                help=help_text)
         else:
             parser.add_argument(flag(name), type=annotation, default=default, help=help_text)
     return parser

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -15,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from cifar_lit.models import resnet18
 from cifar_lit.optim import build_scheduler, build_sgd
+from cifar_lit.warmup import run_every_shape
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -61,7 +61,7 @@ class CIFARClassifier(pl.LightningModule):
         lr_start_factor: float = 0.04,
         lr_end_factor: float = 0.0,
         flip_tta: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
         compile: bool = False,
         compile_warmup: bool = True,
     ) -> None:
@@ -71,7 +71,9 @@ class CIFARClassifier(pl.LightningModule):
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         for stage in STAGES:
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False))
-            setattr(self, f"{stage}_loss", MeanMetric())
+            # no NaN check inside the metric (its `.any()` would stall the GPU queue every step): the
+            # NonFiniteLossGuard callback watches the loss without a host sync.
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
         self.val_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
@@ -98,52 +100,18 @@ class CIFARClassifier(pl.LightningModule):
             self.warm_up()
 
     def warm_up(self) -> None:
-        """Run every batch shape of the fit once (train step, evaluation) so compilation happens now, then
-        restore the weights: training starts from exactly the same state as without a warm-up."""
+        """Compile every batch shape of the fit now, so training (and its clock) starts with compiled code."""
         datamodule = self.trainer.datamodule
-        train_batch = datamodule.hparams.batch_size
-        eval_sizes = self._eval_batch_sizes(datamodule)
-        saved = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
-        memory_format = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
-        generator = torch.Generator(device=self.device).manual_seed(0)
-
-        def batch(size: int) -> torch.Tensor:
-            images = torch.randn(size, 3, 32, 32, device=self.device, generator=generator)
-            return images.contiguous(memory_format=memory_format)
-
-        start = time.perf_counter()
-        precision = self.trainer.precision_plugin
-        self.model.train()
-        with precision.forward_context():
-            loss = self.train_criterion(self.model(batch(train_batch)), torch.zeros(train_batch, dtype=torch.long,
-                                                                                    device=self.device))
-        loss.backward()
-        self.model.zero_grad(set_to_none=True)
-        self.model.eval()
-        with torch.inference_mode(), precision.forward_context():
-            for size in eval_sizes:
-                self.model(batch(size))
-                if self.hparams.flip_tta:
-                    self.model(batch(size).flip(-1))
-        self.model.train()
-        self.model.load_state_dict(saved)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.warmup_seconds = time.perf_counter() - start
+        self.warmup_seconds = run_every_shape(
+            self.model,
+            datamodule.hparams.batch_size,
+            datamodule.eval_batch_sizes(),
+            self.train_criterion,
+            self.trainer.precision_plugin.forward_context,
+            channels_last=self.hparams.channels_last,
+            flip_tta=self.hparams.flip_tta,
+        )
         log.info("Compile warm-up took %.1f s", self.warmup_seconds)
-
-    @staticmethod
-    def _eval_batch_sizes(datamodule: Any) -> list[int]:
-        """Distinct batch sizes evaluation will see: the full size and the remainder of each evaluated split."""
-        size = datamodule.hparams.eval_batch_size
-        sizes = {size}
-        for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
-            count = len(loader.dataset) if hasattr(loader, "dataset") else len(loader.labels)
-            if hasattr(loader, "world_size") and loader.world_size > 1:
-                count = len(loader.epoch_indices(0))
-            if count % size:
-                sizes.add(count % size)
-        return sorted(sizes)
 
     # ------------------------------------------------------------------------------------------------- steps
 
@@ -158,7 +126,8 @@ class CIFARClassifier(pl.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         mean_loss = getattr(self, f"{stage}_loss")
         accuracy.update(preds, labels)
-        mean_loss.update(loss.detach(), weight=labels.numel())
+        # the weight is made on the device: a Python number would be copied from the host, a blocking copy
+        mean_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), labels.numel()))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "test")
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
         if stage != "train":

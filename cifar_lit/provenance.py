@@ -57,5 +57,6 @@ def git_commit() -> str | None:
 
 
 def command_line(argv: list[str] | None = None, program: str | None = None) -> str:
+    """The command as a user would type it; `program` may hold several words ("-m cifar_lit.bench")."""
     program = program or Path(sys.argv[0]).name
-    return shlex.join(["python", program, *(sys.argv[1:] if argv is None else argv)])
+    return shlex.join(["python", *program.split(), *(sys.argv[1:] if argv is None else argv)])

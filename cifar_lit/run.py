@@ -23,6 +23,7 @@ import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.callbacks.history import EpochHistory, write_text_atomic
@@ -139,7 +140,6 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         "timer": timer,
         "stop": StopAtTarget(config["target_acc"], timer),
         "guard": guard,
-        "lr": LearningRateMonitor(logging_interval="step"),
     }
     if config["progress_bar"]:
         callbacks["progress"] = TQDMProgressBar(refresh_rate=10)
@@ -147,18 +147,21 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
     if run_dir is not None:
         checkpoint_dir = run_dir / CHECKPOINT_FOLDER
+        callbacks["lr"] = LearningRateMonitor(logging_interval="step")
         callbacks["history"] = EpochHistory(run_dir)
         callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"],
                                              config["grid_every_n_epochs"], run_dir)
         callbacks["best"] = ModelCheckpoint(
             dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-            monitor="val/acc", mode="max", save_top_k=1, save_last=True,
+            monitor="val/acc", mode="max", save_top_k=1,
         )
+        # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
+        # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
+        latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                      enable_version_counter=False)
+        callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
         if config["ckpt_every_n_steps"]:
-            callbacks["steps"] = ModelCheckpoint(
-                dirpath=checkpoint_dir, every_n_train_steps=config["ckpt_every_n_steps"], save_top_k=0,
-                save_last=True,
-            )
+            callbacks["last_steps"] = ModelCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
         callbacks["graceful"] = GracefulStop(checkpoint_dir / LAST_NAME, guard)
     return callbacks
 
@@ -185,7 +188,7 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         enable_checkpointing=run_dir is not None,
         num_sanity_val_steps=config["sanity_val_steps"],
         fast_dev_run=config["fast_dev_run"],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],  # clones on the device, writes in a thread
         default_root_dir=config["logdir"],
     )
 
@@ -193,18 +196,14 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
 # ------------------------------------------------------------------------------------------------------ summary
 
 
-def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], callbacks: dict[str, Any],
-                  trainer: pl.Trainer, model: CIFARClassifier, test_metrics: dict[str, float],
-                  best_path: str | None, started: float) -> dict[str, Any]:
+def fit_facts(callbacks: dict[str, Any], trainer: pl.Trainer, model: CIFARClassifier) -> dict[str, Any]:
+    """What fitting achieved, read before testing: testing a checkpoint restores the callbacks' state from it."""
     stop: StopAtTarget = callbacks["stop"]
     best: ModelCheckpoint = callbacks["best"]
     history: EpochHistory = callbacks["history"]
-    summary = {
+    device = trainer.strategy.root_device
+    return {
         "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
-        "test_acc": test_metrics.get("test/acc"),
-        "test_loss": test_metrics.get("test/loss"),
-        "test_acc_tta": test_metrics.get("test/acc_tta"),
-        "target_acc": config["target_acc"],
         "target_reached": stop.reached_epoch is not None,
         "target_epoch": stop.reached_epoch,
         "target_seconds": stop.reached_seconds,
@@ -212,15 +211,31 @@ def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], ca
         "global_steps": trainer.global_step,
         "train_seconds": callbacks["timer"].time_elapsed("train"),
         "warmup_seconds": model.warmup_seconds,
-        "total_seconds": time.perf_counter() - started,
         "val_acc_per_epoch": [row.get("val_acc") for row in history.rows],
+        "images_per_second": history.steady_images_per_second(),
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "train_started_at": history.train_started_at,
+        "train_ended_at": history.train_ended_at,
+        "best_checkpoint": best.best_model_path or None,
+    }
+
+
+def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], facts: dict[str, Any],
+                  trainer: pl.Trainer, test_metrics: dict[str, float], started: float) -> dict[str, Any]:
+    summary = {
+        "best_val_acc": facts["best_val_acc"],
+        "test_acc": test_metrics.get("test/acc"),
+        "test_loss": test_metrics.get("test/loss"),
+        "test_acc_tta": test_metrics.get("test/acc_tta"),
+        "target_acc": config["target_acc"],
+        **{key: value for key, value in facts.items() if key != "best_val_acc"},
+        "total_seconds": time.perf_counter() - started,
         "device": device_description(trainer.strategy.root_device),
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
         "versions": versions(),
         "git_commit": git_commit(),
         "command": command_line(list(argv), "train.py"),
-        "best_checkpoint": best_path,
         "run_dir": str(run_dir),
         "config": config,
     }
@@ -274,17 +289,24 @@ def train(argv: Sequence[str], started: float) -> int:
             check_writable(Path(config["logdir"]))
             run_dir = next_version_dir(Path(config["logdir"]))
             created_run_dir = True
-        os.environ[RUN_DIR_ENV] = str(run_dir)
     callbacks = build_callbacks(config, run_dir, datamodule)
+    previous_env = os.environ.get(RUN_DIR_ENV)
     try:
         trainer = build_trainer(config, callbacks, run_dir)
-        if run_dir is not None and trainer.is_global_zero:
-            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if run_dir is not None:
+            os.environ[RUN_DIR_ENV] = str(run_dir)
+            if trainer.is_global_zero:
+                write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, run_dir, started)
     except UserError:
         if created_run_dir and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
 
 
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
@@ -323,12 +345,11 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         trainer.test(model, datamodule=datamodule)
         print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
         return 0
-    best: ModelCheckpoint = callbacks["best"]
-    best_path = best.best_model_path or None
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    facts = fit_facts(callbacks, trainer, model)
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=facts["best_checkpoint"], weights_only=True)
     test_metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     if trainer.is_global_zero and run_dir is not None:
-        summary = write_summary(run_dir, config, argv, callbacks, trainer, model, test_metrics, best_path, started)
+        summary = write_summary(run_dir, config, argv, facts, trainer, test_metrics, started)
         print(report(summary))
     return 0
 

@@ -60,9 +60,24 @@ class EpochHistory(Callback):
         self._epoch_start = 0.0
         self._train_end: float | None = None
         self._images = 0
+        self.train_started_at: float | None = None
+        self.train_ended_at: float | None = None
 
     def _folder(self, trainer: pl.Trainer) -> Path:
         return Path(self.run_dir or trainer.log_dir or ".")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_started_at = time.time()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _sync(pl_module.device)
+        self.train_ended_at = time.time()
+
+    def steady_images_per_second(self) -> float | None:
+        """Median training throughput over the epochs after the first (which pays for cuDNN autotuning)."""
+        rates = [row["images_per_second"] for row in self.rows if row.get("images_per_second")]
+        steady = rates[1:] or rates
+        return float(sorted(steady)[len(steady) // 2]) if steady else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _sync(pl_module.device)
@@ -75,7 +90,7 @@ class EpochHistory(Callback):
         self._images += len(batch[1])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             _sync(pl_module.device)
             self._train_end = time.perf_counter()
 

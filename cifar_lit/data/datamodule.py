@@ -94,7 +94,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         data_on_device: bool = True,
         shard_train_data: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
         normalization: Literal["cifar10", "computed"] = "cifar10",
     ) -> None:
         super().__init__()
@@ -219,6 +219,16 @@ class CIFAR10DataModule(pl.LightningDataModule):
             world_size=world,
             epoch_fn=self._current_epoch,
         )
+
+    def eval_batch_sizes(self) -> list[int]:
+        """Distinct batch sizes this rank's validation and test loaders produce (full batches and remainders)."""
+        rank, world = self._rank_and_world()
+        size = self.hparams.eval_batch_size
+        sizes = set()
+        for name in ("val", "test"):
+            count = len(range(rank, len(self.splits[name]), world))
+            sizes.update(s for s in (min(size, count), count % size) if s)
+        return sorted(sizes)
 
     def train_dataloader(self) -> Any:
         loader = self._loader("train", train=True)

@@ -1,0 +1,245 @@
+"""Time-to-accuracy benchmark: `python -m cifar_lit.bench --preset fast85 --seeds 5 --data-dir DIR`.
+
+Each seed runs the real command, `python train.py --config configs/<preset>.yaml --seed S ...`, in a subprocess:
+its wall time is the end-to-end time, and its summary.json gives the training seconds to the target (Lightning's
+Timer from the first training step, compile warm-up excluded and reported apart), epochs, test accuracy, images/s
+and peak GPU memory. In the same invocation it runs the bare PyTorch loop (cifar_lit.baseline) on the same recipe
+and data path, and the PIL data path on the same preset, and reports both as ratios. GPU busy time is sampled with
+NVML during each run's training window when pynvml is available.
+
+Writes benchmarks/results/<preset>-<device>-<date>.json and a markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar_lit.baseline import bare_training_run
+from cifar_lit.config import parse_config
+from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.run import resolve_hardware
+
+
+class GpuBusySampler:
+    """Samples NVML's GPU utilization (share of time a kernel was running) with wall-clock timestamps."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:
+            self._nvml = None
+
+    @property
+    def available(self) -> bool:
+        return self._handle is not None
+
+    def __enter__(self) -> GpuBusySampler:
+        if self.available:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rate = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            self.samples.append((time.time(), int(rate)))
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def mean_between(self, start: float | None, end: float | None) -> float | None:
+        if start is None or end is None:
+            return None
+        values = [rate for stamp, rate in self.samples if start <= stamp <= end]
+        return statistics.fmean(values) if values else None
+
+
+def spread(values: list[float | None]) -> dict[str, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(present), "min": min(present), "max": max(present)}
+
+
+def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[str], sampler: GpuBusySampler,
+              log_file: Path | None) -> dict[str, Any]:
+    """One `python train.py` run in a subprocess; its summary plus wall time and GPU busy share."""
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config", str(preset), "--seed", str(seed),
+               "--data-dir", data_dir, "--logdir", str(logdir), *extra]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    wall = time.perf_counter() - start
+    if log_file is not None:
+        with open(log_file, "a") as handle:
+            handle.write(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}\n")
+    if result.returncode != 0:
+        raise RuntimeError(f"train.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    summary_path = max(logdir.glob("version_*/summary.json"), key=lambda p: p.stat().st_mtime_ns)
+    summary = json.loads(summary_path.read_text())
+    return {
+        "seed": seed,
+        "reached": summary["target_reached"],
+        "train_seconds_to_target": summary["target_seconds"],
+        "epochs_to_target": summary["target_epoch"],
+        "wall_seconds": wall,
+        "train_seconds": summary["train_seconds"],
+        "warmup_seconds": summary["warmup_seconds"],
+        "epochs_run": summary["epochs_run"],
+        "test_acc": summary["test_acc"],
+        "test_acc_tta": summary.get("test_acc_tta"),
+        "best_val_acc": summary["best_val_acc"],
+        "val_acc_per_epoch": summary["val_acc_per_epoch"],
+        "images_per_second": summary.get("images_per_second"),
+        "peak_gpu_memory_mb": summary.get("peak_gpu_memory_mb"),
+        "gpu_busy_percent": sampler.mean_between(summary.get("train_started_at"), summary.get("train_ended_at")),
+        "device": summary["device"],
+    }
+
+
+def markdown_table(record: dict[str, Any]) -> str:
+    lines = [
+        f"# {record['preset']} on {record['device']} ({record['date']})",
+        "",
+        f"Command: `{record['command']}`  ",
+        f"Commit: `{record['git_commit']}`; torch {record['versions']['torch']}, pytorch-lightning "
+        f"{record['versions']['pytorch_lightning']}, CUDA {record['versions']['cuda']}. Data: {record['data']}.",
+        "",
+        "| seed | reached | train s to target | epochs | wall s | warm-up s | test acc | images/s | GPU busy % |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def fmt(value: Any, pattern: str = "{:.2f}") -> str:
+        return "–" if value is None else pattern.format(value)
+
+    for run in record["runs"]:
+        lines.append(
+            f"| {run['seed']} | {'yes' if run['reached'] else 'no'} | {fmt(run['train_seconds_to_target'])} | "
+            f"{fmt(run['epochs_to_target'], '{}')} | {fmt(run['wall_seconds'], '{:.1f}')} | "
+            f"{fmt(run['warmup_seconds'], '{:.1f}')} | {fmt(run['test_acc'], '{:.4f}')} | "
+            f"{fmt(run['images_per_second'], '{:,.0f}')} | {fmt(run['gpu_busy_percent'], '{:.0f}')} |"
+        )
+    summary = record["summary"]
+    lines += [
+        "",
+        f"Median (min–max) training seconds to {record['target_acc']:.0%}: "
+        f"{fmt(summary['train_seconds_to_target']['median'])} ({fmt(summary['train_seconds_to_target']['min'])}–"
+        f"{fmt(summary['train_seconds_to_target']['max'])}); wall seconds {fmt(summary['wall_seconds']['median'], '{:.1f}')}"
+        f" ({fmt(summary['wall_seconds']['min'], '{:.1f}')}–{fmt(summary['wall_seconds']['max'], '{:.1f}')}); "
+        f"test accuracy {fmt(summary['test_acc']['median'], '{:.4f}')} (mean {fmt(summary['test_acc_mean'], '{:.4f}')}).",
+    ]
+    for name in ("bare_pytorch", "pil_data_path"):
+        if record.get(name):
+            part = record[name]
+            lines.append(f"\n{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in part.items() if not isinstance(v, (list, dict))))
+    if record.get("ratios"):
+        lines.append("\nRatios: " + ", ".join(f"{k} {v:.3f}" for k, v in record["ratios"].items() if v is not None))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="fast85", help="name in configs/ or a YAML path")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
+    parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare PyTorch loop")
+    parser.add_argument("--pil-epochs", type=int, default=2, help="epochs of the PIL data path run (0: skip)")
+    parser.add_argument("--pil-workers", type=int, default=8)
+    parser.add_argument("--log", help="append every train.py output to this file")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, flags passed to every train.py run")
+    args = parser.parse_args(argv)
+    extra = [a for a in args.extra if a != "--"]
+    preset = Path(args.preset) if args.preset.endswith((".yaml", ".yml")) else PROJECT_ROOT / "configs" / f"{args.preset}.yaml"
+    config = parse_config(["--config", str(preset), "--data-dir", args.data_dir, *extra])
+    accelerator, _, precision = resolve_hardware(config)
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    log_file = Path(args.log) if args.log else None
+
+    record: dict[str, Any] = {
+        "preset": preset.stem,
+        "date": dt.date.today().isoformat(),
+        "device": device_description(device),
+        "target_acc": config["target_acc"],
+        "data": f"{args.data_dir}",
+        "command": command_line(sys.argv[1:] if argv is None else argv, "-m cifar_lit.bench"),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "config": config,
+    }
+    with tempfile.TemporaryDirectory(prefix="cifar_lit_bench_") as tmp, GpuBusySampler() as sampler:
+        runs = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            runs.append(run_train(preset, seed, args.data_dir, Path(tmp) / f"seed{seed}", extra, sampler, log_file))
+            print(f"seed {seed}: {json.dumps({k: v for k, v in runs[-1].items() if k != 'val_acc_per_epoch'})}",
+                  flush=True)
+        record["runs"] = runs
+        record["seeds"] = [run["seed"] for run in runs]
+        record["reached"] = all(run["reached"] for run in runs)
+        record["gpu_busy_sampled"] = sampler.available
+        if args.pil_epochs:
+            pil = run_train(preset, args.first_seed, args.data_dir, Path(tmp) / "pil",
+                            [*extra, "--data-path", "pil", "--num-workers", str(args.pil_workers),
+                             "--max-epochs", str(args.pil_epochs), "--target-acc", "1.0"], sampler, log_file)
+            record["pil_data_path"] = {key: pil[key] for key in ("images_per_second", "wall_seconds", "epochs_run",
+                                                                 "gpu_busy_percent")}
+            record["pil_data_path"]["epochs_note"] = "throughput run: schedule and accuracy not comparable"
+    if args.bare:
+        bare_config = dict(config, seed=args.first_seed)
+        record["bare_pytorch"] = bare_training_run(bare_config, device, precision)
+        print(f"bare: {json.dumps({k: v for k, v in record['bare_pytorch'].items() if k != 'val_acc_per_epoch'})}")
+
+    keys = ("train_seconds_to_target", "wall_seconds", "epochs_to_target", "test_acc", "images_per_second",
+            "warmup_seconds", "peak_gpu_memory_mb", "gpu_busy_percent")
+    record["summary"] = {key: spread([run[key] for run in runs]) for key in keys}
+    record["summary"]["test_acc_mean"] = statistics.fmean([run["test_acc"] for run in runs])
+    # The top-level fields the record format promises, as medians over the seeds.
+    for key in keys:
+        record[key] = record["summary"][key]["median"]
+    lightning_ips = record["summary"]["images_per_second"]["median"]
+    ratios = {}
+    if record.get("bare_pytorch") and lightning_ips and record["bare_pytorch"]["images_per_second"]:
+        ratios["lightning_over_bare_images_per_second"] = lightning_ips / record["bare_pytorch"]["images_per_second"]
+    if record.get("pil_data_path") and lightning_ips and record["pil_data_path"]["images_per_second"]:
+        ratios["tensor_over_pil_images_per_second"] = lightning_ips / record["pil_data_path"]["images_per_second"]
+    record["ratios"] = ratios
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device_slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
+    stem = f"{record['preset']}-{device_slug}-{record['date']}"
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown_table(record))
+    print(markdown_table(record))
+    print(f"wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lit.data import sources
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.sources import load_image_folder_split, load_split, load_torchvision_split
+from cifar_lit.data.stats import channel_stats
+from cifar_lit.errors import DataError
+from synthetic import make_images
+
+
+def test_image_folder_is_read_in_class_order(image_folder):
+    split = load_split(image_folder, "train")
+    assert split.images.shape == (300, 32, 32, 3) and split.images.dtype == np.uint8
+    assert (np.bincount(split.labels) == 30).all()
+    first_cat = Image.open(sorted((image_folder / "train" / "cat").iterdir())[0])
+    assert np.array_equal(split.images[3 * 30], np.asarray(first_cat))
+
+
+def test_decoded_folder_is_cached_and_reused(image_folder, monkeypatch):
+    first = load_image_folder_split(image_folder, "test")
+    cache = image_folder / ".cifar_lit_cache" / "test.npz"
+    assert cache.is_file()
+    monkeypatch.setattr(sources, "decode_image_folder", lambda *a, **k: pytest.fail("decoded again"))
+    second = load_image_folder_split(image_folder, "test")
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
+
+
+def test_stale_cache_is_rebuilt_when_an_image_changes(image_folder, caplog):
+    load_image_folder_split(image_folder, "test")
+    target = sorted((image_folder / "test" / "dog").iterdir())[0]
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))
+    rebuilt = load_image_folder_split(image_folder, "test")
+    assert "no longer matches" in caplog.text
+    assert rebuilt.images[5 * 10].max() == 0
+
+
+def test_damaged_cache_is_rebuilt(image_folder, caplog):
+    reference = load_image_folder_split(image_folder, "test")
+    cache = image_folder / ".cifar_lit_cache" / "test.npz"
+    cache.write_bytes(cache.read_bytes()[:1000])
+    again = load_image_folder_split(image_folder, "test")
+    assert "unreadable" in caplog.text and np.array_equal(again.images, reference.images)
+
+
+def test_interrupted_cache_write_leaves_no_cache(image_folder, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        load_image_folder_split(image_folder, "test")
+    leftovers = list((image_folder / ".cifar_lit_cache").iterdir())
+    assert leftovers == []
+
+
+def test_torchvision_batches_are_read(batches_folder):
+    split = load_torchvision_split(batches_folder, "train", verify_checksums=False)
+    expected, labels = make_images(10, 0)
+    assert split.images.shape == (100, 32, 32, 3)
+    assert sorted(map(bytes, split.images)) == sorted(map(bytes, expected))
+    assert sorted(split.labels.tolist()) == sorted(labels.tolist())
+
+
+def test_batch_file_failing_its_checksum_is_named(batches_folder):
+    with pytest.raises(DataError, match=r"data_batch_1 fails its MD5 checksum.*--download"):
+        load_torchvision_split(batches_folder, "train", verify_checksums=True)
+
+
+def test_batch_file_that_would_run_code_is_refused(batches_folder, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(batches_folder / "cifar-10-batches-py" / "test_batch", "wb") as handle:
+        pickle.dump({"data": Payload(), "labels": []}, handle)
+    with pytest.raises(DataError, match="test_batch"):
+        load_torchvision_split(batches_folder, "test", verify_checksums=False)
+    assert not marker.exists()
+
+
+def test_missing_batch_file_is_named(batches_folder):
+    (batches_folder / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3 is missing"):
+        load_torchvision_split(batches_folder, "train", verify_checksums=False)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: __import__("shutil").rmtree(root / "train" / "frog"), r"lacks the class folder\(s\) frog"),
+        (lambda root: (root / "test" / "unicorn").mkdir(), "not CIFAR-10 classes: unicorn"),
+        (lambda root: [p.unlink() for p in (root / "test" / "ship").iterdir()], r"ship holds no images"),
+        (lambda root: __import__("shutil").rmtree(root / "test"), "has no 'test' folder"),
+    ],
+    ids=["missing-class", "extra-class", "empty-class", "missing-split"],
+)
+def test_wrong_layout_is_explained(image_folder, damage, message):
+    damage(image_folder)
+    with pytest.raises(DataError, match=message):
+        CIFAR10DataModule(data_dir=str(image_folder), download=False).prepare_data()
+
+
+def test_truncated_image_is_named(image_folder):
+    victim = sorted((image_folder / "train" / "horse").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:60])
+    with pytest.raises(DataError, match=rf"Cannot read the image .*{victim.name}.*corrupt"):
+        load_image_folder_split(image_folder, "train")
+
+
+def test_not_an_image_is_named(image_folder):
+    victim = image_folder / "train" / "cat" / "notes.png"
+    victim.write_text("not an image")
+    with pytest.raises(DataError, match="notes.png"):
+        load_image_folder_split(image_folder, "train")
+
+
+def test_wrong_image_size_is_named(image_folder):
+    victim = image_folder / "test" / "bird" / "big.png"
+    Image.fromarray(np.zeros((64, 48, 3), dtype=np.uint8)).save(victim)
+    with pytest.raises(DataError, match=r"big.png is 48x64 pixels; CIFAR-10 images are 32x32"):
+        load_image_folder_split(image_folder, "test")
+
+
+def test_missing_dataset_without_download_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match=r"No CIFAR-10 copy was found in .*--download.*--data-dir"):
+        CIFAR10DataModule(data_dir=str(tmp_path), download=False).prepare_data()
+
+
+def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match=r"Downloading CIFAR-10 into .* failed.*--no-download"):
+        CIFAR10DataModule(data_dir=str(tmp_path / "new"), download=True).prepare_data()
+
+
+def test_channel_stats_of_known_images():
+    images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    images[0, ..., 0] = 255
+    images[1, ..., 1] = 255
+    mean, std = channel_stats(images)
+    np.testing.assert_allclose(mean, (0.5, 0.5, 0.0))
+    np.testing.assert_allclose(std, (0.5, 0.5, 0.0))
+
+
+def test_computed_normalization_is_used_and_checkpointed(image_folder):
+    module = CIFAR10DataModule(data_dir=str(image_folder), normalization="computed")
+    module.setup("fit")
+    assert module.mean != CIFAR10_MEAN
+    np.testing.assert_allclose(module.mean, channel_stats(module.splits["train"].images)[0])
+    restored = CIFAR10DataModule(data_dir=str(image_folder))
+    restored.load_state_dict(module.state_dict())
+    assert restored.mean == pytest.approx(module.mean) and restored.std == pytest.approx(module.std)
+    assert CIFAR10DataModule().std == CIFAR10_STD
+
+
+def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
+    default = CIFAR10DataModule(data_dir=str(image_folder))
+    default.setup("fit")
+    assert default.splits["val"] is default.splits["test"]
+    held = [CIFAR10DataModule(data_dir=str(image_folder), val_split=50, seed=s) for s in (1, 1, 2)]
+    for module in held:
+        module.setup("fit")
+    assert len(held[0].splits["val"]) == 50 and len(held[0].splits["train"]) == 250
+    assert np.array_equal(held[0].splits["val"].images, held[1].splits["val"].images)
+    assert not np.array_equal(held[0].splits["val"].images, held[2].splits["val"].images)
+
+
+def test_tensor_path_yields_uint8_and_transfers_to_normalized_float(image_folder):
+    module = CIFAR10DataModule(data_dir=str(image_folder), batch_size=16, eval_batch_size=64)
+    module.setup("fit")
+    images, labels = next(iter(module.val_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32) and labels.dtype == torch.int64
+    out, _ = module.on_after_batch_transfer((images, labels), 0)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    expected = (images.float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(CIFAR10_STD)[:, None, None]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_pil_path_batches_match_the_tensor_path_without_augmentation(image_folder):
+    options = dict(data_dir=str(image_folder), eval_batch_size=40, num_workers=0)
+    tensor_dm, pil_dm = CIFAR10DataModule(**options), CIFAR10DataModule(data_path="pil", **options)
+    for module in (tensor_dm, pil_dm):
+        module.setup("fit")
+    tensor_images, tensor_labels = tensor_dm.on_after_batch_transfer(next(iter(tensor_dm.test_dataloader())), 0)
+    pil_images, pil_labels = pil_dm.on_after_batch_transfer(next(iter(pil_dm.test_dataloader())), 0)
+    assert torch.equal(tensor_labels, pil_labels)
+    torch.testing.assert_close(tensor_images, pil_images, atol=1e-5, rtol=0)

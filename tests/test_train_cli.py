@@ -1,0 +1,197 @@
+"""train.py end to end on a small synthetic set: outputs, stopping, resuming, and every bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifar_lit.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_dirs(logdir: Path) -> list[Path]:
+    return sorted(logdir.glob("version_*")) if logdir.exists() else []
+
+
+def run_cli(args, cwd=ROOT):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_fast_dev_run_runs_one_batch_and_writes_nothing(tiny_flags, tmp_path):
+    result = run_cli([*tiny_flags, "--fast-dev-run"])
+    assert result.returncode == 0, result.stderr
+    assert "fast-dev-run finished" in result.stdout
+    assert run_dirs(tmp_path / "logs") == []
+
+
+@pytest.mark.slow
+def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, capsys):
+    assert main([*tiny_flags, "--target-acc", "0.9", "--max-epochs", "6"]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["target_reached"] and summary["target_epoch"] == summary["epochs_run"] < 6
+    assert summary["best_val_acc"] >= 0.9 and summary["test_acc"] >= 0.9
+    assert summary["target_seconds"] > 0 and summary["total_seconds"] >= summary["train_seconds"]
+    assert summary["config"]["target_acc"] == 0.9 and summary["config"]["batch_size"] == 30
+    assert {"torch", "pytorch_lightning", "torchvision"} <= set(summary["versions"])
+    assert summary["device"].startswith("CPU") and len(summary["val_acc_per_epoch"]) == summary["epochs_run"]
+    assert f"target 90% reached at epoch {summary['target_epoch']}" in out
+    checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)
+    for picture in ("accuracy.png", "loss.png", "misclassified.png", "correct.png"):
+        with Image.open(run_dir / picture) as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,train_acc") and len(rows) == summary["epochs_run"] + 1
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["target_acc"] == 0.9
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/acc", "train/loss", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
+    assert any(tag.startswith("lr") for tag in scalars)
+    assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.9
+    image_tags = events.Tags()["images"]
+    assert "val/misclassified" in image_tags and "test/misclassified" in image_tags and "val/correct" in image_tags
+    grid = events.Images("val/misclassified")[-1]
+    assert grid.width > 100 and grid.height > 100 and grid.encoded_image_string[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_resume_last_carries_on_epochs_steps_and_history(tiny_flags, tmp_path):
+    logdir = tmp_path / "logs"
+    assert main([*tiny_flags, "--target-acc", "1.0", "--max-epochs", "1"]) == 0
+    (run_dir,) = run_dirs(logdir)
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0 and first["global_step"] == 10
+    assert main(["--resume", "last", "--logdir", str(logdir), "--max-epochs", "3"]) == 0
+    assert run_dirs(logdir) == [run_dir]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["global_steps"] == 30
+    assert summary["config"]["batch_size"] == 30  # the run's own config, not the defaults
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 30 and last["epoch"] == 2
+    assert last["lr_schedulers"][0]["last_epoch"] == 30
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_resuming_a_run_that_reached_its_target_does_nothing(tiny_flags, tmp_path, capsys):
+    assert main([*tiny_flags, "--target-acc", "0.5", "--max-epochs", "4"]) == 0
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    before = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["--resume", "last", "--logdir", str(tmp_path / "logs")]) == 0
+    assert "Nothing to do" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def expect_clean_error(argv, capsys, logdir, *fragments):
+    before = run_dirs(logdir)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and "\n" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert run_dirs(logdir) == before
+
+
+@pytest.mark.parametrize(
+    "flag, value, fragment",
+    [
+        ("--max-epochs", "0", "--max-epochs (config key 'max_epochs') is 0"),
+        ("--target-acc", "0", "--target-acc (config key 'target_acc') is 0.0"),
+        ("--target-acc", "1.5", "fraction in (0, 1]"),
+        ("--batch-size", "0", "--batch-size (config key 'batch_size') is 0"),
+        ("--lr", "-1", "--lr"),
+        ("--schedule", "sometimes", "schedule"),
+        ("--bogus-flag", "1", "unrecognized arguments: --bogus-flag"),
+    ],
+)
+def test_out_of_range_values_are_refused(tiny_flags, tmp_path, capsys, flag, value, fragment):
+    expect_clean_error([*tiny_flags, flag, value], capsys, tmp_path / "logs", fragment)
+
+
+def test_unknown_config_key_is_refused(tiny_flags, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("max_epochs: 3\nbatch_sise: 64\n")
+    expect_clean_error([*tiny_flags, "--config", str(config)], capsys, tmp_path / "logs", "batch_sise")
+
+
+def test_missing_config_file_is_refused(tiny_flags, tmp_path, capsys):
+    expect_clean_error([*tiny_flags, "--config", str(tmp_path / "nope.yaml")], capsys, tmp_path / "logs", "nope.yaml")
+
+
+def test_missing_dataset_without_download(tiny_flags, tmp_path, capsys):
+    expect_clean_error([*tiny_flags, "--data-dir", str(tmp_path / "empty")], capsys, tmp_path / "logs",
+                       str(tmp_path / "empty"), "--download")
+
+
+def test_data_folder_with_a_missing_class(tiny_flags, image_folder, tmp_path, capsys):
+    import shutil
+
+    shutil.rmtree(image_folder / "test" / "truck")
+    expect_clean_error(tiny_flags, capsys, tmp_path / "logs", "lacks the class folder(s) truck")
+
+
+def test_unreadable_image(tiny_flags, image_folder, tmp_path, capsys):
+    victim = sorted((image_folder / "train" / "deer").iterdir())[0]
+    victim.write_bytes(b"\x89PNG broken")
+    expect_clean_error(tiny_flags, capsys, tmp_path / "logs", str(victim))
+
+
+def test_missing_checkpoint(tiny_flags, tmp_path, capsys):
+    expect_clean_error([*tiny_flags, "--resume", str(tmp_path / "gone.ckpt")], capsys, tmp_path / "logs",
+                       "gone.ckpt does not exist")
+
+
+def test_unreadable_checkpoint(tiny_flags, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    expect_clean_error([*tiny_flags, "--resume", str(bad)], capsys, tmp_path / "logs", "Cannot read the checkpoint")
+
+
+def test_checkpoint_of_another_model(tiny_flags, tmp_path, capsys):
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.linear.weight": torch.zeros(100, 512)}, "pytorch-lightning_version": "2.6.6"},
+               other)
+    expect_clean_error([*tiny_flags, "--resume", str(other)], capsys, tmp_path / "logs",
+                       "does not hold the 10-class CIFAR ResNet18", "model.linear.weight (100, 512)")
+
+
+def test_resume_last_without_any_run(tiny_flags, tmp_path, capsys):
+    expect_clean_error([*tiny_flags, "--resume", "last"], capsys, tmp_path / "logs", "found no checkpoints/last.ckpt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpus_without_a_gpu(tiny_flags, tmp_path, capsys):
+    expect_clean_error([*tiny_flags, "--gpus", "1"], capsys, tmp_path / "logs", "--gpus 1", "--gpus 0")
+
+
+@pytest.mark.slow
+def test_command_line_error_exits_non_zero_without_traceback(tiny_flags):
+    result = run_cli([*tiny_flags, "--max-epochs", "0"])
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_help_lists_every_flag_of_the_issue():
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    for flag in ("--gpus", "--config", "--data-dir", "--download", "--no-download", "--max-epochs", "--target-acc",
+                 "--batch-size", "--lr", "--seed", "--resume", "--fast-dev-run", "--logdir", "--precision",
+                 "--accelerator", "--devices", "--num-nodes", "--strategy"):
+        assert flag in result.stdout, flag
