@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from cifar_lit.errors import CheckpointError
 
@@ -31,6 +32,24 @@ def fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written `.<name>.<pid>.tmp` files left by processes that were killed while writing `path`."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it into place.
 
@@ -45,6 +64,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
             with open(tmp, "wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
@@ -59,6 +79,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class OrderedAsyncCheckpointIO(AsyncCheckpointIO):
+    """Lightning's AsyncCheckpointIO (tensors cloned on the device, written by one background thread), with removals
+    queued behind the saves in the same thread.
+
+    ModelCheckpoint deletes the previous best right after asking for the new one; with plain asynchronous saving
+    that deletion could run before the new file exists, so a kill or a failed write would leave no best checkpoint.
+    Here a file is only removed once every earlier save has landed, and never after a save failed.
+    """
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self._ensure_setup()
+        assert self._executor is not None
+
+        def remove() -> None:
+            if self._error is None:
+                assert self.checkpoint_io is not None
+                self.checkpoint_io.remove_checkpoint(path)
+
+        self._executor.submit(remove)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -74,6 +75,11 @@ class CIFARClassifier(pl.LightningModule):
             # no NaN check inside the metric (its `.any()` would stall the GPU queue every step): the
             # NonFiniteLossGuard callback watches the loss without a host sync.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+        # The running sums of the training metrics go into checkpoints, so an epoch resumed from a mid-epoch
+        # checkpoint reports the same train/acc and train/loss as an uninterrupted one.
+        self.train_acc.persistent(True)
+        self.train_loss.persistent(True)
+        self._fresh_train_metrics = False
         self.val_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
@@ -171,6 +177,25 @@ class CIFARClassifier(pl.LightningModule):
         global_batch = self.trainer.datamodule.hparams.batch_size * self.trainer.world_size
         return self.hparams.lr * global_batch / reference
 
+    def total_training_steps(self) -> int:
+        """Optimizer steps in the whole run: what `trainer.estimated_stepping_batches` reports, computed from the
+        DataModule instead.
+
+        In Lightning 2.6 `estimated_stepping_batches` builds the training loader and fetches its first batch while
+        the optimizers are configured, which is before a checkpoint's loop and loader state is restored; a resumed
+        run would then train on the wrong batches. Counting batches from the data set sizes avoids that.
+        """
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            return trainer.max_steps
+        per_epoch = trainer.datamodule.train_batches_per_epoch()
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            per_epoch = min(per_epoch, limit)
+        elif limit is not None and limit < 1.0:
+            per_epoch = int(per_epoch * limit)
+        return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches)) * trainer.max_epochs
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = build_sgd(
@@ -182,7 +207,7 @@ class CIFARClassifier(pl.LightningModule):
             norm_bias_weight_decay=hp.norm_bias_weight_decay,
             norm_bias_lr_scale=hp.norm_bias_lr_scale,
         )
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self.total_training_steps()
         scheduler = build_scheduler(
             optimizer,
             hp.schedule,
@@ -199,8 +224,14 @@ class CIFARClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resumed_schedule_steps = checkpoint.get("schedule_total_steps")
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        # Saved after an epoch's last batch: the next epoch starts its training metrics from zero.
+        self._fresh_train_metrics = bool(progress.get("is_last_batch", True))
 
     def on_train_start(self) -> None:
+        if self._fresh_train_metrics:
+            self.train_acc.reset()
+            self.train_loss.reset()
         previous = self.resumed_schedule_steps
         current = getattr(self, "schedule_total_steps", None)
         if previous is not None and current is not None and previous != current:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -23,17 +24,24 @@ import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.plugins.io import AsyncCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.callbacks.history import EpochHistory, write_text_atomic
 from cifar_lit.callbacks.image_grids import PredictionGrids
-from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, NonFiniteLossGuard, StopRequested
+from cifar_lit.callbacks.safety import (
+    GracefulStop,
+    NonFiniteLoss,
+    NonFiniteLossGuard,
+    StepCheckpoint,
+    StopRequested,
+)
 from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE, StopAtTarget
 from cifar_lit.checkpoints import (
     CHECKPOINT_FOLDER,
     LAST_NAME,
     AtomicCheckpointIO,
+    OrderedAsyncCheckpointIO,
     callback_state,
     check_compatible,
     find_last_checkpoint,
@@ -108,6 +116,16 @@ def epochs_completed(checkpoint: dict[str, Any]) -> int:
     return int(progress.get("processed", checkpoint.get("epoch", 0)))
 
 
+OPTIMIZER_STATE_KEYS = ("lr", "lr_reference_batch_size", "momentum", "nesterov", "weight_decay",
+                        "norm_bias_weight_decay", "norm_bias_lr_scale")
+
+
+def ignored_on_resume(checkpoint: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Options whose new values resuming cannot apply: they live in the restored optimizer and scheduler state."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    return [key for key in OPTIMIZER_STATE_KEYS if key in saved and saved[key] != config[key]]
+
+
 def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path: Path) -> str | None:
     """A message when resuming `checkpoint` would not train at all (target already reached, or no epochs left)."""
     stop = callback_state(checkpoint, StopAtTarget.__name__) or {}
@@ -161,7 +179,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
                       enable_version_counter=False)
         callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
         if config["ckpt_every_n_steps"]:
-            callbacks["last_steps"] = ModelCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
+            callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
         callbacks["graceful"] = GracefulStop(checkpoint_dir / LAST_NAME, guard)
     return callbacks
 
@@ -179,6 +197,7 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         strategy=config["strategy"],
         precision=precision,
         max_epochs=config["max_epochs"],
+        limit_train_batches=config["limit_train_batches"],
         logger=logger,
         callbacks=list(callbacks.values()),
         deterministic=config["deterministic"],
@@ -188,7 +207,7 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         enable_checkpointing=run_dir is not None,
         num_sanity_val_steps=config["sanity_val_steps"],
         fast_dev_run=config["fast_dev_run"],
-        plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],  # clones on the device, writes in a thread
+        plugins=[OrderedAsyncCheckpointIO(AtomicCheckpointIO())],
         default_root_dir=config["logdir"],
     )
 
@@ -269,6 +288,9 @@ def train(argv: Sequence[str], started: float) -> int:
         saved_config = run_dir / "config.yaml" if run_dir else None
         if saved_config is not None and saved_config.is_file():
             config = parse_config(["--config", str(saved_config), *argv])
+        for name in ignored_on_resume(checkpoint, config):
+            log.warning("--%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.",
+                        name.replace("_", "-"), name, checkpoint["hyper_parameters"][name])
         message = nothing_left_to_do(checkpoint, config, checkpoint_path)
         if message:
             print(message)
@@ -313,17 +335,19 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
                  callbacks: dict[str, Any], config: dict[str, Any], argv: Sequence[str],
                  checkpoint_path: Path | None, run_dir: Path | None, started: float) -> int:
     graceful: GracefulStop | None = callbacks.get("graceful")
-    if graceful is not None:
-        graceful.install()
+    handlers_before = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
-    except StopRequested as stop:
+    except (StopRequested, SIGTERMException):
+        signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
+        saved = graceful.saved if graceful is not None else None
+        where = f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
         print(
-            f"Stopped by signal {stop.signum} at epoch {stop.epoch + 1}, step {stop.step}; saved {stop.checkpoint}. "
+            f"Stopped by signal {signum} {where}; saved {saved}. "
             f"Resume with: python train.py --resume last --logdir {config['logdir']}",
             file=sys.stderr,
         )
-        return 128 + stop.signum
+        return 128 + signum
     except NonFiniteLoss as bad:
         last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
         kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
@@ -335,8 +359,8 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         )
         return EXIT_NON_FINITE
     finally:
-        if graceful is not None:
-            graceful.uninstall()
+        for signum, handler in handlers_before.items():
+            signal.signal(signum, handler)
     if graceful is not None and graceful.signum is not None:
         print(f"Stopped by signal {graceful.signum}; the last checkpoint is in {run_dir / CHECKPOINT_FOLDER}.",
               file=sys.stderr)

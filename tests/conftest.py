@@ -33,6 +33,19 @@ def image_folder(image_folder_master: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(image_folder_master, tmp_path / "cifar"))
 
 
+@pytest.fixture(scope="session")
+def noisy_folder_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("noisy_folder") / "cifar", train_per_class=30,
+                              test_per_class=10, mislabeled_test_fraction=0.15)
+
+
+@pytest.fixture
+def noisy_flags(noisy_folder_master: Path, tmp_path: Path) -> list[str]:
+    """Like tiny_flags, but 15% of the test images are mislabeled: a target of 1.0 is never reached."""
+    folder = Path(shutil.copytree(noisy_folder_master, tmp_path / "noisy"))
+    return [*TINY_FLAGS, "--data-dir", str(folder), "--logdir", str(tmp_path / "logs")]
+
+
 @pytest.fixture
 def batches_folder(tmp_path: Path) -> Path:
     return write_torchvision_batches(tmp_path / "cifar_batches", train_per_class=10, test_per_class=5)

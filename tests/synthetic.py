@@ -31,10 +31,15 @@ def make_images(per_class: int, seed: int, noise: float = 40.0) -> tuple[np.ndar
 
 
 def write_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 6, suffix: str = ".png",
-                       seed: int = 0) -> Path:
-    """root/train/<class>/NNNN.png and root/test/<class>/NNNN.png."""
+                       seed: int = 0, mislabeled_test_fraction: float = 0.0) -> Path:
+    """root/train/<class>/NNNN.png and root/test/<class>/NNNN.png; a share of test images can be filed under a
+    wrong class, which caps the reachable test accuracy below 100%."""
     for split, per_class, split_seed in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
         images, labels = make_images(per_class, split_seed)
+        if split == "test" and mislabeled_test_fraction:
+            rng = np.random.default_rng(seed + 2)
+            wrong = rng.choice(len(labels), int(mislabeled_test_fraction * len(labels)), replace=False)
+            labels[wrong] = (labels[wrong] + rng.integers(1, len(CIFAR10_CLASSES), len(wrong))) % len(CIFAR10_CLASSES)
         for index, (image, label) in enumerate(zip(images, labels)):
             folder = root / split / CIFAR10_CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)

@@ -58,10 +58,22 @@ def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder)
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
-    assert model.schedule_total_steps == 3 * 2
+    assert model.schedule_total_steps == 3 * 2 == trainer.estimated_stepping_batches
     config = trainer.lr_scheduler_configs[0]
     assert config.interval == "step" and config.scheduler.last_epoch == 6
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("batch_size, limit", [(30, None), (32, None), (30, 4), (30, 0.5)])
+def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, limit):
+    datamodule = CIFAR10DataModule(data_dir=str(image_folder), batch_size=batch_size)
+    model = CIFARClassifier()
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=limit, limit_val_batches=0, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_steps=1)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.fit_loop.epoch_loop.max_steps = -1
+    assert model.total_training_steps() == trainer.estimated_stepping_batches
 
 
 def test_lr_scales_with_the_global_batch():

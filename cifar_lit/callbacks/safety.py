@@ -8,8 +8,27 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+
+def on_last_batch_of_epoch(trainer: pl.Trainer) -> bool:
+    """Whether the batch just trained was the epoch's last: its validation and epoch-end checkpoint come next.
+
+    A checkpoint taken here would resume past the epoch's last batch but before its validation, which Lightning 2.6
+    then skips; mid-epoch checkpoints therefore wait for a step that is not the last.
+    """
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint every N training steps, except on an epoch's last batch (the epoch-end checkpoint, written
+    right after validation, covers that step)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not on_last_batch_of_epoch(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 class StopRequested(Exception):
@@ -76,8 +95,12 @@ class NonFiniteLossGuard(Callback):
 class GracefulStop(Callback):
     """On SIGTERM or the first Ctrl-C, finish the batch in hand, save `checkpoint_path`, and stop (StopRequested).
 
-    A second Ctrl-C interrupts at once. Lightning's own SIGTERM handling, which raises between batches, is covered
-    too: its exception gets the same checkpoint. Handlers are installed around fit by `installed_handlers`.
+    In a single process the handlers are installed when training starts, after Lightning has installed its own
+    SIGTERM handler, and replace it: Lightning's would raise in the middle of a validation pass, leaving a checkpoint whose epoch is half
+    evaluated. Here the stop always happens after a training step that is not an epoch's last, so the checkpoint
+    resumes exactly; a signal during validation or the last step takes effect after the next step. A second Ctrl-C interrupts at once. With several processes
+    Lightning's handler stays (it tells the other ranks) and its exception gets the same checkpoint. The caller
+    restores the handlers that were there before fitting.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -87,16 +110,11 @@ class GracefulStop(Callback):
         self.guard = guard
         self.signum: int | None = None
         self.saved: Path | None = None
-        self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1:
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -111,10 +129,11 @@ class GracefulStop(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signum is not None and trainer.world_size == 1:
+        if self.signum is not None and trainer.world_size == 1 and not on_last_batch_of_epoch(trainer):
             self._save(trainer)
             raise StopRequested(self.signum, self.saved, trainer.current_epoch, trainer.global_step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.saved is None:
+        if isinstance(exception, SIGTERMException) and self.saved is None and not trainer.sanity_checking:
+            self.signum = signal.SIGTERM
             self._save(trainer)

@@ -178,7 +178,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._tensors[name]
 
     def _current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        """The epoch a training iterator started now will serve.
+
+        Not `trainer.current_epoch`: after resuming from an epoch-end checkpoint Lightning builds the iterator
+        before it marks the saved epoch completed, so that would still name the finished epoch and replay its order.
+        The count of epochs whose training part has finished is right in every case.
+        """
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def _pil_transform(self, train: bool) -> transforms.Compose:
         steps: list[Any] = []
@@ -219,6 +227,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
             world_size=world,
             epoch_fn=self._current_epoch,
         )
+
+    def train_batches_per_epoch(self) -> int:
+        """Training batches each rank takes per epoch (the last incomplete one is dropped)."""
+        _, world = self._rank_and_world()
+        return (len(self.splits["train"]) // world) // self.hparams.batch_size
 
     def eval_batch_sizes(self) -> list[int]:
         """Distinct batch sizes this rank's validation and test loaders produce (full batches and remainders)."""

@@ -1,0 +1,337 @@
+"""Faults: interrupted and resumed runs, kills, signals, non-finite losses, unsafe checkpoints, failing disks."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cifar_lit import checkpoints, run
+from cifar_lit.module import CIFARClassifier
+from cifar_lit.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+METRIC_COLUMNS = ("epoch", "step", "train_acc", "train_loss", "val_acc", "val_loss")
+EXACT = ["--deterministic", "--schedule", "onecycle", "--warmup-fraction", "0.3", "--target-acc", "1.0",
+         "--max-epochs", "3"]
+
+
+def only_run(logdir: Path) -> Path:
+    (run_dir,) = sorted(logdir.glob("version_*"))
+    return run_dir
+
+
+def metric_rows(run_dir: Path) -> list[tuple[str, ...]]:
+    import csv
+
+    with open(run_dir / "metrics.csv") as handle:
+        return [tuple(row[c] for c in METRIC_COLUMNS) for row in csv.DictReader(handle)]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class SignalAtStep(pl.Callback):
+    """Sends this process `signum` right after training step `step`, as a kill from outside would."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def with_extra_callback(monkeypatch, callback: pl.Callback) -> None:
+    original = run.build_callbacks
+
+    def build(*args, **kwargs):
+        return {"injected": callback, **original(*args, **kwargs)}  # first: GracefulStop sees the signal this step
+
+    monkeypatch.setattr(run, "build_callbacks", build)
+
+
+# ------------------------------------------------------------------------------------------------- exact resume
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(pattern)):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training never got there"
+        time.sleep(0.1)
+
+
+def assert_same_run(expected_dir: Path, resumed_dir: Path) -> None:
+    """Same weights, optimizer state, LR schedule and per-epoch metrics, to the bit."""
+    expected = torch.load(expected_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == expected["global_step"] == 30
+    assert expected["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for a, b in zip(expected["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert expected["lr_schedulers"] == resumed["lr_schedulers"]
+    assert metric_rows(expected_dir) == metric_rows(resumed_dir)
+
+
+@pytest.fixture
+def uninterrupted(noisy_flags, tmp_path) -> Path:
+    whole = tmp_path / "whole"
+    assert main([*noisy_flags, *EXACT, "--logdir", str(whole)]) == 0
+    return only_run(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_step, stop_step", [(13, 13), (10, 11)], ids=["mid-epoch", "on-an-epochs-last-step"])
+def test_run_stopped_by_a_signal_and_resumed_is_bit_identical(noisy_flags, tmp_path, monkeypatch, uninterrupted,
+                                                             signal_step, stop_step):
+    logdir = tmp_path / "logs"
+    with monkeypatch.context() as patch:
+        with_extra_callback(patch, SignalAtStep(signal_step))
+        assert main([*noisy_flags, *EXACT, "--logdir", str(logdir)]) == 128 + signal.SIGTERM
+    interrupted = torch.load(only_run(logdir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert interrupted["global_step"] == stop_step
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    assert_same_run(uninterrupted, only_run(logdir))
+
+
+@pytest.mark.slow
+def test_run_killed_between_epochs_and_resumed_is_bit_identical(noisy_flags, tmp_path, uninterrupted):
+    logdir = tmp_path / "logs"
+    process = start_training([*noisy_flags, *EXACT, "--logdir", str(logdir)])
+    last = logdir / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(logdir, "version_0/checkpoints/last.ckpt", process)
+    process.kill()
+    process.wait()
+    assert checkpoints.load_checkpoint(last)["global_step"] == 10
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    assert_same_run(uninterrupted, only_run(logdir))
+
+
+@pytest.mark.slow
+def test_step_checkpoints_resume_exactly_and_skip_an_epochs_last_step(noisy_flags, tmp_path, monkeypatch,
+                                                                     uninterrupted):
+    logdir = tmp_path / "logs"
+    saved_steps = []
+    real_save = checkpoints.AtomicCheckpointIO.save_checkpoint
+
+    def record(self, checkpoint, path, storage_options=None):
+        saved_steps.append((Path(path).name, checkpoint["global_step"]))
+        return real_save(self, checkpoint, path, storage_options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints.AtomicCheckpointIO, "save_checkpoint", record)
+        with_extra_callback(patch, SignalAtStep(17))
+        assert main([*noisy_flags, *EXACT, "--logdir", str(logdir), "--ckpt-every-n-steps", "5"]) == 128 + signal.SIGTERM
+    last_saves = [step for name, step in saved_steps if name == "last.ckpt"]
+    assert last_saves == [5, 10, 15, 17]  # step 10 is the epoch-end save after validation, not the step save
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    assert_same_run(uninterrupted, only_run(logdir))
+
+
+# ------------------------------------------------------------------------------------------------ kills, signals
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy_flags, tmp_path):
+    logdir = tmp_path / "logs"
+    args = [*noisy_flags, "--target-acc", "1.0", "--max-epochs", "4", "--ckpt-every-n-steps", "1"]
+    rng = random.Random(1234)
+    kills = 0
+    while True:
+        resume = ["--resume", "last"] if list(logdir.glob("version_*/checkpoints/last.ckpt")) else []
+        process = start_training([*args, *resume])
+        if kills < 3:
+            wait_for(logdir, "version_*/checkpoints/last.ckpt", process)
+            time.sleep(rng.uniform(0.2, 3.0))
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+                kills += 1
+                last = only_run(logdir) / "checkpoints" / "last.ckpt"
+                state = checkpoints.load_checkpoint(last)  # complete: never a torn file
+                assert state["global_step"] > 0
+                continue
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        break
+    assert kills == 3
+    summary = json.loads((only_run(logdir) / "summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["global_steps"] == 40
+
+
+KILLED_DURING_WRITE = textwrap.dedent("""
+    import os, sys, time, torch
+    from pathlib import Path
+    from cifar_lit.checkpoints import AtomicCheckpointIO
+    target = Path(sys.argv[1])
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"version": 1, "weights": torch.ones(1000)}, target)
+    real_save = torch.save
+    def slow_save(obj, handle):
+        handle.write(b"PK half a checkpoint")
+        handle.flush()
+        Path(sys.argv[2]).touch()
+        time.sleep(60)
+    torch.save = slow_save
+    io.save_checkpoint({"version": 2, "weights": torch.zeros(1000)}, target)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
+    target, writing = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "writing"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_DURING_WRITE, str(target), str(writing)], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not writing.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert checkpoints.load_checkpoint(target)["version"] == 1
+    stale = list(target.parent.glob(".last.ckpt.*.tmp"))
+    assert len(stale) == 1
+    checkpoints.AtomicCheckpointIO().save_checkpoint({"version": 3}, target)
+    assert checkpoints.load_checkpoint(target)["version"] == 3
+    assert not stale[0].exists(), "the dead writer's temporary file is cleaned up"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_saves_a_checkpoint_and_resume_continues(noisy_flags, tmp_path, signum):
+    logdir = tmp_path / "logs"
+    process = start_training([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "3"])
+    wait_for(logdir, "version_*/metrics.csv", process)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, err
+    message = [line for line in err.splitlines() if line.startswith("Stopped by signal")]
+    assert len(message) == 1 and "Resume with: python train.py --resume last" in message[0]
+    stopped = checkpoints.load_checkpoint(only_run(logdir) / "checkpoints" / "last.ckpt")
+    assert 10 <= stopped["global_step"] < 30
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    summary = json.loads((only_run(logdir) / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["global_steps"] == 30
+
+
+# ------------------------------------------------------------------------------------------- targets on resume
+
+
+@pytest.mark.slow
+def test_raising_the_target_on_resume_trains_on_with_a_rebuilt_schedule(noisy_flags, tmp_path, caplog):
+    logdir = tmp_path / "logs"
+    assert main([*noisy_flags, "--target-acc", "0.3", "--max-epochs", "4", "--schedule", "linear"]) == 0
+    first = json.loads((only_run(logdir) / "summary.json").read_text())
+    assert first["target_reached"] and first["epochs_run"] < 4
+    more = 5
+    assert main(["--resume", "last", "--logdir", str(logdir), "--target-acc", "1.0", "--max-epochs", str(more)]) == 0
+    second = json.loads((only_run(logdir) / "summary.json").read_text())
+    assert second["epochs_run"] == more and second["config"]["target_acc"] == 1.0
+    assert second["global_steps"] == 10 * more
+    assert f"The LR schedule is rebuilt over {10 * more} steps (the checkpoint's run planned 40)" in caplog.text
+
+
+@pytest.mark.slow
+def test_new_learning_rate_on_resume_is_reported_as_ignored(noisy_flags, tmp_path, caplog):
+    logdir = tmp_path / "logs"
+    assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "1"]) == 0
+    assert main(["--resume", "last", "--logdir", str(logdir), "--max-epochs", "2", "--lr", "0.3"]) == 0
+    assert "--lr is ignored when resuming: the optimizer state in the checkpoint keeps lr=0.005" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- non-finite loss
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(noisy_flags, tmp_path, monkeypatch,
+                                                                           capsys):
+    logdir = tmp_path / "logs"
+    assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "1"]) == 0
+    run_dir = only_run(logdir)
+    before = {path.name: digest(path) for path in (run_dir / "checkpoints").iterdir()}
+    original = CIFARClassifier._shared_step
+
+    def poisoned(self, batch, stage):
+        out = original(self, batch, stage)
+        if stage == "train" and self.trainer.global_step == 13:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(CIFARClassifier, "_shared_step", poisoned)
+    capsys.readouterr()
+    assert main(["--resume", "last", "--logdir", str(logdir), "--max-epochs", "3"]) == run.EXIT_NON_FINITE
+    err = capsys.readouterr().err
+    assert "became NaN or infinite at step 14 (epoch 2)" in err and str(run_dir / "checkpoints" / "last.ckpt") in err
+    after = {path.name: digest(path) for path in (run_dir / "checkpoints").iterdir()}
+    assert after == before
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_crafted_checkpoint_is_refused_and_its_payload_never_runs(noisy_flags, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": CIFARClassifier().state_dict(), "pytorch-lightning_version": "2.6.6",
+                "extra": Payload()}, crafted)
+    assert main([*noisy_flags, "--resume", str(crafted)]) == 2
+    err = capsys.readouterr().err
+    assert "Refusing to load" in err and "open" in err and "could run code" in err
+    assert not marker.exists()
+
+
+def test_unwritable_logdir_fails_at_start_up(noisy_flags, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main([*noisy_flags, "--logdir", str(blocker / "logs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot write to the log folder") and "--logdir" in err
+
+
+@pytest.mark.slow
+def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(noisy_flags, tmp_path, monkeypatch, capsys):
+    logdir = tmp_path / "logs"
+    real_save = torch.save
+    calls = []
+
+    def save_until_the_disk_fills(obj, handle, *args, **kwargs):
+        calls.append(handle)
+        if len(calls) > 2:  # epoch 1's best and last are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", save_until_the_disk_fills)
+    assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "Could not write the checkpoint" in err and "No space left on device" in err and "untouched" in err
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    folder = only_run(logdir) / "checkpoints"
+    assert {p.name for p in folder.glob("*.ckpt")} == {"best-epoch000.ckpt", "last.ckpt"}
+    assert checkpoints.load_checkpoint(folder / "last.ckpt")["global_step"] == 10
+    assert checkpoints.load_checkpoint(folder / "best-epoch000.ckpt")["global_step"] == 10
+    assert list(folder.glob(".*.tmp")) == []
