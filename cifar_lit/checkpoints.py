@@ -138,6 +138,7 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference: dict[str
     if not isinstance(state, dict) or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by cifar_lit's train.py (it has no "
                               "state_dict). Use a .ckpt file from <logdir>/version_N/checkpoints/.")
+    reference = {key: value for key, value in reference.items() if key.startswith("model.")}  # the network itself
     missing = [key for key in reference if key not in state]
     unexpected = [key for key in state if key.startswith("model.") and key not in reference]
     mismatched = [

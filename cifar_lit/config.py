@@ -43,7 +43,7 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("log_every_n_steps", int, 50, "how often step-level scalars are written"),
     ("progress_bar", bool, True, "show Lightning's progress bar"),
     ("sanity_val_steps", int, 2, "validation batches run before training as a sanity check"),
-    ("grid_images", int, 32, "images in each misclassified/correct grid (0: no grids)"),
+    ("grid_images", int, 30, "images in each misclassified/correct grid, spread over the classes (0: no grids)"),
     ("grid_every_n_epochs", int, 1, "log the validation grids every N epochs (0: only after testing)"),
     ("ema_decay", Optional[float], None, "keep an exponential moving average of the weights with this decay and "
                                          "evaluate with it (e.g. 0.999); off by default"),

@@ -6,17 +6,36 @@ Colours come from the Okabe-Ito palette, readable with the common colour-vision 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 BLUE, ORANGE, GREEN, VERMILLION, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#555555"
 SERIES_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+
+def spread_over_classes(labels: np.ndarray, chosen: np.ndarray, count: int, classes: int = 10,
+                        already: np.ndarray | None = None, quota: int | None = None) -> np.ndarray:
+    """Indices of up to `count` chosen items (boolean mask `chosen`), at most `quota` per class (default: an even
+    share of `count`), so a grid of a class-sorted test set is not all airplanes. `already` holds per-class counts
+    taken before and is updated."""
+    quota = quota if quota is not None else -(-count // classes)
+    taken = np.zeros(classes, dtype=int) if already is None else already
+    picked = []
+    for index in np.flatnonzero(chosen):
+        label = labels[index]
+        if taken[label] < quota and len(picked) < count:
+            taken[label] += 1
+            picked.append(index)
+    return np.asarray(picked, dtype=int)
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -25,11 +44,17 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+def figure_png(figure: Figure) -> bytes:
+    """PNG bytes, cropped to what is drawn (no clipped axis labels, no wide margins)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)
+    return buffer.getvalue()
+
+
 def figure_to_array(figure: Figure) -> np.ndarray:
     """RGB uint8 (H, W, 3) rendering, e.g. for TensorBoard's add_image."""
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    with Image.open(io.BytesIO(figure_png(figure))) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
@@ -37,9 +62,17 @@ def save_figure(figure: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    FigureCanvasAgg(figure).print_png(str(tmp))
+    tmp.write_bytes(figure_png(figure))
     os.replace(tmp, path)
     return path
+
+
+def epoch_axis(axis: Any, epochs: Sequence[float]) -> None:
+    """Whole epochs on the x axis, with half an epoch of room either side."""
+    axis.set_xlabel("epoch", fontsize=11)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs:
+        axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
 
 
 def curves_figure(
@@ -51,8 +84,7 @@ def curves_figure(
     for (name, (xs, ys)), colour in zip(series.items(), SERIES_COLOURS):
         values = [100.0 * y for y in ys] if percent else list(ys)
         axis.plot(list(xs), values, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=name)
-    axis.set_xlabel("epoch", fontsize=11)
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epoch_axis(axis, [x for xs, _ in series.values() for x in xs])
     axis.set_ylabel(f"{ylabel} (%)" if percent else ylabel, fontsize=11)
     axis.set_title(title, fontsize=12)
     axis.grid(True, alpha=0.3)
@@ -74,8 +106,7 @@ def accuracy_and_loss_figure(history: Sequence[Mapping[str, float]], title: str 
                 xs, ys = zip(*points)
                 ys = [100.0 * y for y in ys] if percent else ys
                 axis.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=stage)
-        axis.set_xlabel("epoch", fontsize=11)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(axis, [row["epoch"] for row in history])
         axis.set_ylabel(label, fontsize=11)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=10)

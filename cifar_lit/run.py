@@ -27,6 +27,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from cifar_lit.callbacks.figures import ConfusionFigures
 from cifar_lit.callbacks.history import EpochHistory, write_text_atomic
 from cifar_lit.callbacks.image_grids import PredictionGrids
 from cifar_lit.callbacks.safety import (
@@ -169,6 +170,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks["history"] = EpochHistory(run_dir)
         callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"],
                                              config["grid_every_n_epochs"], run_dir)
+        callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
         callbacks["best"] = ModelCheckpoint(
             dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
             monitor="val/acc", mode="max", save_top_k=1,
@@ -259,7 +261,21 @@ def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], fa
         "config": config,
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log_hparams_view(trainer, config, summary)
     return summary
+
+
+def log_hparams_view(trainer: pl.Trainer, config: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Fill TensorBoard's HPARAMS tab: the resolved config beside the final numbers, to compare runs."""
+    params = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+              for key, value in config.items()}
+    metrics = {f"hp/{key}": float(summary[key]) for key in
+               ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
+               if summary.get(key) is not None}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+            logger.finalize("success")
 
 
 def report(summary: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure
+from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
 
 KINDS = ("misclassified", "correct")
 
@@ -31,7 +31,7 @@ class PredictionGrids(Callback):
     `<stage>/misclassified` and `<stage>/correct`. The test grids are also saved as misclassified.png and
     correct.png in the run folder. Works with fewer than `max_images` of either kind; rank zero only."""
 
-    def __init__(self, class_names: Sequence[str], max_images: int = 32, every_n_epochs: int = 1,
+    def __init__(self, class_names: Sequence[str], max_images: int = 30, every_n_epochs: int = 1,
                  run_dir: Path | None = None) -> None:
         self.class_names = tuple(class_names)
         self.max_images = max_images
@@ -43,6 +43,7 @@ class PredictionGrids(Callback):
     def _start(self, active: bool) -> None:
         self._active = active and self.max_images > 0
         self._collected = {kind: [] for kind in KINDS}
+        self._per_class = {kind: np.zeros(len(self.class_names), dtype=int) for kind in KINDS}
 
     def _count(self, kind: str) -> int:
         return sum(len(labels) for _, labels, _ in self._collected[kind])
@@ -52,14 +53,17 @@ class PredictionGrids(Callback):
             return
         images, labels = batch
         preds = outputs["preds"]
-        wrong = preds != labels
+        labels_np, wrong = labels.cpu().numpy(), (preds != labels).cpu().numpy()
         for kind, mask in (("misclassified", wrong), ("correct", ~wrong)):
             room = self.max_images - self._count(kind)
             if room > 0:
-                chosen = mask.nonzero().flatten()[:room]
+                # evaluation data is often sorted by class: take a few of each class, not the first batch's
+                quota = -(-self.max_images // len(self.class_names))
+                chosen = spread_over_classes(labels_np, mask, room, len(self.class_names), self._per_class[kind], quota)
                 if len(chosen):
-                    pictures = trainer.datamodule.denormalize(images[chosen])
-                    self._collected[kind].append((pictures.cpu(), labels[chosen].cpu(), preds[chosen].cpu()))
+                    index = torch.as_tensor(chosen, device=images.device)
+                    pictures = trainer.datamodule.denormalize(images[index])
+                    self._collected[kind].append((pictures.cpu(), labels[index].cpu(), preds[index].cpu()))
 
     def _gathered(self, kind: str) -> tuple[np.ndarray, list[int], list[int]]:
         parts = self._collected[kind]

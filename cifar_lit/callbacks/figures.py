@@ -1,0 +1,52 @@
+"""Confusion matrix and per-class accuracy as TensorBoard figures, and as PNGs in the run folder after testing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from cifar_lit.callbacks.image_grids import tensorboard_writer
+from cifar_lit.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
+
+
+class ConfusionFigures(Callback):
+    """After validation (every `every_n_epochs`, 0: never) and after testing: `<stage>/confusion_matrix` and
+    `<stage>/per_class_accuracy` images in TensorBoard; the test pair also as confusion_matrix.png and
+    per_class_accuracy.png in the run folder. Reads the confusion matrix the LightningModule keeps per stage."""
+
+    def __init__(self, class_names: Sequence[str], every_n_epochs: int = 1, run_dir: Path | None = None) -> None:
+        self.class_names = tuple(class_names)
+        self.every_n_epochs = every_n_epochs
+        self.run_dir = run_dir
+
+    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
+        matrix = getattr(pl_module, "confusion", {}).get(stage)
+        if matrix is None or not trainer.is_global_zero:
+            return
+        matrix = np.asarray(matrix)
+        per_class = matrix.diagonal() / matrix.sum(axis=1).clip(min=1)
+        when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
+        figures = {
+            "confusion_matrix": confusion_matrix_figure(matrix, self.class_names,
+                                                        f"Confusion matrix, {stage} set ({when})"),
+            "per_class_accuracy": per_class_accuracy_figure(per_class, self.class_names,
+                                                            f"Accuracy per class, {stage} set ({when})"),
+        }
+        writer = tensorboard_writer(trainer)
+        for name, figure in figures.items():
+            if writer is not None:
+                writer.add_image(f"{stage}/{name}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
+            if save_png:
+                save_figure(figure, Path(self.run_dir or trainer.log_dir or ".") / f"{name}.png")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if due and not trainer.sanity_checking:
+            self._publish(trainer, pl_module, "val", save_png=False)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer, pl_module, "test", save_png=True)

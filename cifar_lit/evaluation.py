@@ -1,0 +1,111 @@
+"""Evaluating a trained checkpoint without the Trainer: predictions, per-class numbers, and classifying user images."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from cifar_lit.checkpoints import check_compatible, load_checkpoint
+from cifar_lit.data.augment import channel_tensor, normalize
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
+from cifar_lit.errors import DataError
+from cifar_lit.module import CIFARClassifier
+
+
+@dataclass
+class TrainedModel:
+    """A network restored from a checkpoint, with the normalization it was trained with."""
+
+    module: CIFARClassifier
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hparams: dict[str, Any]
+    datamodule_hparams: dict[str, Any]
+
+
+def load_trained_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """Weights-only load, refused with a message when unsafe, unreadable, or another model."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    check_compatible(checkpoint, path, CIFARClassifier().state_dict())
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    known = inspect.signature(CIFARClassifier.__init__).parameters
+    module = CIFARClassifier(**{k: v for k, v in hparams.items() if k in known and k != "compile"})
+    # check_compatible has matched every network weight; metric running sums (kept for resuming) may be absent
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    module.to(device).eval()
+    normalization = checkpoint.get("CIFAR10DataModule") or {}
+    return TrainedModel(
+        module=module,
+        mean=tuple(normalization.get("mean", CIFAR10_MEAN)),
+        std=tuple(normalization.get("std", CIFAR10_STD)),
+        hparams=hparams,
+        datamodule_hparams=dict(checkpoint.get("datamodule_hyper_parameters") or {}),
+    )
+
+
+@torch.inference_mode()
+def predict_probabilities(model: TrainedModel, images: np.ndarray, batch_size: int = 500, flip_tta: bool = False,
+                          device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 NHWC images; with `flip_tta` the mean over the image and its mirror."""
+    mean, std = channel_tensor(model.mean, device), channel_tensor(model.std, device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+        inputs = normalize(batch.to(device), mean, std)
+        probabilities = F.softmax(model.module(inputs).float(), dim=1)
+        if flip_tta:
+            probabilities = (probabilities + F.softmax(model.module(inputs.flip(-1)).float(), dim=1)) / 2
+        out.append(probabilities.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CIFAR10_CLASSES)), dtype=np.float32)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = len(CIFAR10_CLASSES)) -> np.ndarray:
+    """Counts of (true row, predicted column)."""
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy, loss, per-class accuracy and confusion matrix of predicted probabilities."""
+    predictions = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predictions)
+    per_class = matrix.diagonal() / matrix.sum(axis=1).clip(min=1)
+    picked = probabilities[np.arange(len(labels)), labels].clip(min=1e-12)
+    return {
+        "images": int(len(labels)),
+        "accuracy": float((predictions == labels).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "per_class_accuracy": {name: float(v) for name, v in zip(CIFAR10_CLASSES, per_class)},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def read_user_image(path: Path) -> np.ndarray:
+    """Any picture as a 32x32 RGB uint8 array: centre-cropped to a square, then resized with antialiasing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"The image {path} does not exist. Give paths of PNG or JPEG files to --images.")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                                            Image.Resampling.LANCZOS)
+            return np.asarray(image, dtype=np.uint8)
+    except Exception as error:
+        raise DataError(
+            f"Cannot read {path} as an image ({type(error).__name__}: {error}). Give PNG or JPEG files to --images."
+        ) from None
+
+
+def top_classes(probabilities: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities)[:k]
+    return [(CIFAR10_CLASSES[i], float(probabilities[i])) for i in order]

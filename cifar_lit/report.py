@@ -1,0 +1,225 @@
+"""evaluate.py's work: a shareable report of a checkpoint, top-3 classes of the user's images, and run comparisons.
+
+    python evaluate.py --ckpt PATH [--data-dir DIR] [--out DIR] [--tta] [--gpus N]
+    python evaluate.py --ckpt PATH --images a.png b.jpg
+    python evaluate.py --compare RUN_DIR RUN_DIR ... [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from cifar_lit.callbacks.history import read_history_csv, write_text_atomic
+from cifar_lit.checkpoints import run_dir_of
+from cifar_lit.data.constants import CIFAR10_CLASSES
+from cifar_lit.data.sources import load_split
+from cifar_lit.errors import ConfigError, DataError, UserError
+from cifar_lit.evaluation import (
+    classification_metrics,
+    load_trained_model,
+    predict_probabilities,
+    read_user_image,
+    top_classes,
+)
+from cifar_lit.plots import (
+    accuracy_and_loss_figure,
+    confusion_matrix_figure,
+    curves_figure,
+    per_class_accuracy_figure,
+    prediction_grid_figure,
+    save_figure,
+    spread_over_classes,
+)
+from cifar_lit.provenance import device_description
+
+GRID_IMAGES = 30  # three per class
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit 2 with a traceback-free line
+        raise ConfigError(f"{message}. Run `python evaluate.py --help` for the accepted flags.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="evaluate.py", description="Evaluate a cifar_lit checkpoint, classify images, or compare "
+                                                     "runs.")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ckpt", type=Path, help="checkpoint written by train.py")
+    what.add_argument("--compare", type=Path, nargs="+", metavar="RUN_DIR", help="run folders (version_N) to compare")
+    parser.add_argument("--images", type=Path, nargs="+", help="classify these image files with --ckpt and print "
+                                                               "the top-3 classes")
+    parser.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (default: the one the run was trained on)")
+    parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
+    parser.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--gpus", type=int, default=None, help="0 for the CPU (default: a GPU when available)")
+    return parser
+
+
+def pick_device(gpus: int | None) -> torch.device:
+    if gpus is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"--gpus {gpus} asks for a GPU, but PyTorch sees none. Use --gpus 0 for the CPU.")
+    return torch.device("cuda" if gpus > 0 else "cpu")
+
+
+def run_config(checkpoint: Path) -> dict[str, Any]:
+    run_dir = run_dir_of(checkpoint)
+    path = run_dir / "config.yaml" if run_dir else None
+    return yaml.safe_load(path.read_text()) if path and path.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.device, batch_size: int,
+                 tta: bool) -> dict[str, Any]:
+    model = load_trained_model(checkpoint, device)
+    test = load_split(data_dir, "test", verify_checksums=model.datamodule_hparams.get("verify_checksums", True))
+    probabilities = predict_probabilities(model, test.images, batch_size, device=device)
+    metrics = classification_metrics(probabilities, test.labels)
+    metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), device=device_description(device))
+    if tta:
+        tta_probabilities = predict_probabilities(model, test.images, batch_size, flip_tta=True, device=device)
+        metrics["accuracy_flip_tta"] = classification_metrics(tta_probabilities, test.labels)["accuracy"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    matrix = np.asarray(metrics["confusion_matrix"])
+    per_class = [metrics["per_class_accuracy"][name] for name in CIFAR10_CLASSES]
+    save_figure(confusion_matrix_figure(matrix, CIFAR10_CLASSES, f"Confusion matrix, {len(test)} test images"),
+                out / "confusion_matrix.png")
+    save_figure(per_class_accuracy_figure(per_class, CIFAR10_CLASSES, "Accuracy per class (test set)"),
+                out / "per_class_accuracy.png")
+    predictions = probabilities.argmax(axis=1)
+    for kind, mask in (("misclassified", predictions != test.labels), ("correct", predictions == test.labels)):
+        chosen = spread_over_classes(test.labels, mask, GRID_IMAGES)
+        figure = prediction_grid_figure(test.images[chosen] / 255.0, test.labels[chosen].tolist(),
+                                        predictions[chosen].tolist(), CIFAR10_CLASSES,
+                                        f"{kind.capitalize()} test images ({len(chosen)} shown, spread over classes)")
+        save_figure(figure, out / f"{kind}.png")
+    run_dir = run_dir_of(checkpoint)
+    curves = run_dir / "metrics.csv" if run_dir else None
+    if curves is not None and curves.is_file():
+        save_figure(accuracy_and_loss_figure(read_history_csv(curves), f"Training run {run_dir.name}"),
+                    out / "curves.png")
+    write_text_atomic(out / "report.md", report_markdown(metrics, out))
+    return metrics
+
+
+def report_markdown(metrics: dict[str, Any], out: Path) -> str:
+    worst = sorted(metrics["per_class_accuracy"].items(), key=lambda item: item[1])[:3]
+    lines = [
+        "# CIFAR-10 evaluation report",
+        "",
+        f"Checkpoint: `{metrics['checkpoint']}`  ",
+        f"Test data: `{metrics['data_dir']}` ({metrics['images']} images), evaluated on {metrics['device']}.",
+        "",
+        f"**Test accuracy: {metrics['accuracy']:.2%}** (cross-entropy {metrics['loss']:.4f})",
+    ]
+    if "accuracy_flip_tta" in metrics:
+        lines.append(f"With flip test-time augmentation: {metrics['accuracy_flip_tta']:.2%}")
+    lines += [
+        "",
+        "Hardest classes: " + ", ".join(f"{name} {value:.1%}" for name, value in worst) + ".",
+        "",
+        "| class | accuracy |",
+        "|---|---:|",
+        *[f"| {name} | {value:.2%} |" for name, value in metrics["per_class_accuracy"].items()],
+        "",
+    ]
+    if (out / "curves.png").is_file():
+        lines += ["## Training curves", "", "![curves](curves.png)", ""]
+    lines += [
+        "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", "",
+        "## Accuracy per class", "", "![per-class accuracy](per_class_accuracy.png)", "",
+        "## Misclassified images", "", "![misclassified](misclassified.png)", "",
+        "## Correctly classified images", "", "![correct](correct.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- compare
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise DataError(f"{run_dir} has no summary.json: give run folders (lightning_logs/version_N) of finished "
+                        "train.py runs to --compare.")
+    summary = json.loads(summary_path.read_text())
+    history_path = run_dir / "metrics.csv"
+    summary["history"] = read_history_csv(history_path) if history_path.is_file() else []
+    return summary
+
+
+def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
+    runs = {str(run_dir): read_run(run_dir) for run_dir in run_dirs}
+    configs = [run["config"] for run in runs.values()]
+    differing = sorted(k for k in configs[0] if k not in {"config", "resume", "logdir"}
+                       and len({json.dumps(c.get(k)) for c in configs}) > 1)
+
+    def cell(value: Any, pattern: str = "{}") -> str:
+        return "–" if value is None else pattern.format(value)
+
+    header = ["run", "test acc", "best val acc", "target epoch", "s to target", "epochs", "train s", *differing]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, run in runs.items():
+        row = [name, cell(run["test_acc"], "{:.2%}"), cell(run["best_val_acc"], "{:.2%}"), cell(run["target_epoch"]),
+               cell(run["target_seconds"], "{:.1f}"), cell(run["epochs_run"]), cell(run["train_seconds"], "{:.1f}"),
+               *[cell(run["config"].get(key)) for key in differing]]
+        lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "comparison.md", "# Runs compared\n\n" + table + "\n![val accuracy](comparison.png)\n")
+    series = {Path(name).name if len(set(Path(n).name for n in runs)) == len(runs) else name:
+              ([row["epoch"] for row in run["history"]], [row["val_acc"] for row in run["history"]])
+              for name, run in runs.items()}
+    save_figure(curves_figure(series, "validation accuracy", "Validation accuracy per epoch", percent=True),
+                out / "comparison.png")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def evaluate(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    if args.compare:
+        out = args.out or Path("comparison")
+        print(compare_runs(args.compare, out), end="")
+        print(f"Wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+        return 0
+    device = pick_device(args.gpus)
+    if args.images:
+        model = load_trained_model(args.ckpt, device)
+        images = np.stack([read_user_image(path) for path in args.images])
+        for path, probabilities in zip(args.images, predict_probabilities(model, images, device=device)):
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities))
+            print(f"{path}: {ranked}")
+        return 0
+    data_dir = args.data_dir or Path(run_config(args.ckpt).get("data_dir", "data"))
+    run_dir = run_dir_of(args.ckpt)
+    out = args.out or (run_dir / "report" if run_dir else Path(f"report-{args.ckpt.stem}"))
+    metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta)
+    tta = f", {metrics['accuracy_flip_tta']:.2%} with flip TTA" if "accuracy_flip_tta" in metrics else ""
+    print(f"Test accuracy {metrics['accuracy']:.2%} on {metrics['images']} images{tta}. Report: {out / 'report.md'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return evaluate(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

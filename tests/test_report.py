@@ -1,0 +1,196 @@
+"""evaluate.py's report, image classification and run comparison; TensorBoard as a browser would see it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifar_lit.data.constants import CIFAR10_CLASSES
+from cifar_lit.report import main as evaluate
+from cifar_lit.run import main as train
+from conftest import TINY_FLAGS
+from synthetic import CLASS_COLOURS, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One short training run on a learnable synthetic set, shared by the tests here."""
+    root = tmp_path_factory.mktemp("report")
+    data = write_image_folder(root / "data", train_per_class=30, test_per_class=10)
+    assert train([*TINY_FLAGS, "--data-dir", str(data), "--logdir", str(root / "logs"), "--max-epochs", "3",
+                  "--target-acc", "0.9"]) == 0
+    (run_dir,) = (root / "logs").glob("version_*")
+    return run_dir
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    (path,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    return path
+
+
+@pytest.mark.slow
+def test_report_folder_holds_consistent_metrics_and_pictures(trained_run, tmp_path):
+    out = tmp_path / "report"
+    assert evaluate(["--ckpt", str(best_checkpoint(trained_run)), "--out", str(out), "--tta", "--gpus", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == metrics["images"] == 100
+    assert (matrix.sum(axis=1) == 10).all()
+    per_class = np.array([metrics["per_class_accuracy"][c] for c in CIFAR10_CLASSES])
+    assert np.allclose(per_class, matrix.diagonal() / 10)
+    assert metrics["accuracy"] == pytest.approx(per_class.mean()) == pytest.approx(matrix.trace() / 100)
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)  # same as the Trainer's test
+    assert 0 <= metrics["accuracy_flip_tta"] <= 1 and metrics["loss"] > 0
+    for name in ("confusion_matrix", "per_class_accuracy", "misclassified", "correct", "curves"):
+        with Image.open(out / f"{name}.png") as picture:
+            assert picture.size[0] >= 400 and picture.size[1] >= 150, name
+        assert f"({name}.png)" in (out / "report.md").read_text()
+    assert f"{metrics['accuracy']:.2%}" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_defaults_to_the_runs_data_and_folder(trained_run):
+    assert evaluate(["--ckpt", str(best_checkpoint(trained_run)), "--gpus", "0"]) == 0
+    assert (trained_run / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_own_images_get_their_top_three_classes(trained_run, tmp_path, capsys):
+    files = []
+    for label, size in ((0, (32, 32)), (3, (100, 60)), (8, (48, 48))):
+        path = tmp_path / f"{CIFAR10_CLASSES[label]}.{'png' if label != 3 else 'jpg'}"
+        Image.fromarray(np.full((size[1], size[0], 3), CLASS_COLOURS[label], dtype=np.uint8)).save(path)
+        files.append(path)
+    assert evaluate(["--ckpt", str(best_checkpoint(trained_run)), "--images", *map(str, files), "--gpus", "0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for path, line in zip(files, lines):
+        ranked = re.findall(r"(\w+) ([\d.]+)%", line.split(": ", 1)[1])
+        assert len(ranked) == 3 and line.startswith(str(path))
+        probabilities = [float(p) for _, p in ranked]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.05
+        assert ranked[0][0] == path.stem  # a plain class colour is recognised
+
+
+@pytest.mark.parametrize("case", ["missing", "other-model", "not-an-image"])
+def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
+    if case == "missing":
+        argv, fragment = ["--ckpt", str(tmp_path / "none.ckpt")], "does not exist"
+    elif case == "other-model":
+        other = tmp_path / "other.ckpt"
+        torch.save({"state_dict": {"model.linear.weight": torch.zeros(100, 512)},
+                    "pytorch-lightning_version": "2.6.6"}, other)
+        argv, fragment = ["--ckpt", str(other)], "does not hold the 10-class CIFAR ResNet18"
+    else:
+        from cifar_lit.module import CIFARClassifier
+
+        good = tmp_path / "good.ckpt"
+        torch.save({"state_dict": CIFARClassifier().state_dict(), "pytorch-lightning_version": "2.6.6"}, good)
+        fake = tmp_path / "photo.png"
+        fake.write_text("certainly not a PNG")
+        argv, fragment = ["--ckpt", str(good), "--images", str(fake)], f"Cannot read {fake} as an image"
+    assert evaluate([*argv, "--gpus", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_compare_writes_one_table_and_one_plot(trained_run, tmp_path, capsys):
+    second = tmp_path / "version_9"
+    shutil.copytree(trained_run, second, ignore=shutil.ignore_patterns("*.ckpt", "events.*"))
+    summary = json.loads((second / "summary.json").read_text())
+    summary["config"]["lr"] = 0.123
+    (second / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "cmp"
+    assert evaluate(["--compare", str(trained_run), str(second), "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text()
+    assert str(trained_run) in table and str(second) in table
+    assert "| lr |" in table.splitlines()[2] or " lr " in table.splitlines()[2] and "0.123" in table
+    with Image.open(out / "comparison.png") as picture:
+        assert picture.size[0] > 400
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert evaluate(["--compare", str(tmp_path)]) == 2
+    assert "has no summary.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_figures_scalars_and_hparams(trained_run):
+    events = EventAccumulator(str(trained_run), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    images = set(events.Tags()["images"])
+    assert {"val/misclassified", "val/correct", "val/confusion_matrix", "val/per_class_accuracy",
+            "test/misclassified", "test/confusion_matrix"} <= images
+    scalars = set(events.Tags()["scalars"])
+    assert {"time/epoch_seconds", "time/images_per_second", "val/acc", "train/loss"} <= scalars
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"hp/test_acc", "hp/best_val_acc", "hp/target_epoch"} <= {m.name.tag for m in experiment.metric_infos}
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["batch_size"].number_value == 30
+    assert session.session_start_info.hparams["lr"].number_value == pytest.approx(0.005)
+    assert {"hp/test_acc", "hp/best_val_acc"} <= scalars
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_run_over_http(trained_run):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(trained_run.parent),
+                               "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                runs = json.loads(get(f"{base}/data/runs"))
+                if runs:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "tensorboard did not come up"
+            time.sleep(0.5)
+        run = trained_run.name
+        scalar_tags = json.loads(get(f"{base}/data/plugin/scalars/tags"))[run]
+        assert "val/acc" in scalar_tags and "train/acc" in scalar_tags
+        image_tags = json.loads(get(f"{base}/data/plugin/images/tags"))[run]
+        assert "val/misclassified" in image_tags and "val/confusion_matrix" in image_tags
+        for tag in ("val/misclassified", "val/confusion_matrix"):
+            listing = json.loads(get(f"{base}/data/plugin/images/images?run={run}&tag={tag}"))
+            blob = get(f"{base}/data/plugin/images/individualImage?{listing[-1]['query']}")
+            assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+            with Image.open(__import__("io").BytesIO(blob)) as picture:
+                assert picture.size[0] >= 400
+        values = json.loads(get(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val/acc"))
+        assert values and values[-1][2] >= 0.9
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
