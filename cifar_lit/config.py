@@ -29,6 +29,7 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("devices", Union[int, str], 1, "devices per node (an int, or 'auto' for all)"),
     ("num_nodes", int, 1, "machines to train on (DDP)"),
     ("strategy", str, "auto", "Lightning strategy, e.g. ddp (auto: ddp when there are several devices)"),
+    ("sync_batchnorm", bool, False, "with several devices, compute batch-norm statistics over the global batch"),
     ("precision", Optional[str], None,
      f"numeric precision ({', '.join(PRECISIONS)}); default bf16-mixed on a GPU that supports it, else 32-true"),
     ("max_epochs", int, 10, "epochs at most; training stops earlier when --target-acc is reached"),

@@ -26,9 +26,9 @@ class CIFARClassifier(pl.LightningModule):
 
     Args:
         num_classes: output classes.
-        lr: peak learning rate (for `lr_reference_batch_size` images per step when that is set).
-        lr_reference_batch_size: when set, the peak LR is scaled linearly with the global batch size
-            (batch size x devices x nodes) relative to this many images (Goyal et al., 2017).
+        lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
+        lr_reference_batch_size: the peak LR is scaled linearly with the global batch (batch size per device x
+            devices x nodes) relative to this many images (Goyal et al., 2017); null uses `lr` as it is.
         momentum: SGD momentum.
         nesterov: use Nesterov momentum.
         weight_decay: L2 penalty on convolution and linear weights.
@@ -50,7 +50,7 @@ class CIFARClassifier(pl.LightningModule):
         self,
         num_classes: int = 10,
         lr: float = 0.2,
-        lr_reference_batch_size: int | None = None,
+        lr_reference_batch_size: int | None = 256,
         momentum: float = 0.9,
         nesterov: bool = True,
         weight_decay: float = 5e-4,

@@ -7,7 +7,6 @@ Colours come from the Okabe-Ito palette, readable with the common colour-vision 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from cifar_lit.files import write_bytes_atomic
 
 BLUE, ORANGE, GREEN, VERMILLION, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#555555"
 SERIES_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -59,12 +60,7 @@ def figure_to_array(figure: Figure) -> np.ndarray:
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write a PNG through a temporary file, so a reader never sees half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    tmp.write_bytes(figure_png(figure))
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, figure_png(figure))
 
 
 def epoch_axis(axis: Any, epochs: Sequence[float]) -> None:

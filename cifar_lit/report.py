@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import yaml
 
-from cifar_lit.callbacks.history import read_history_csv, write_text_atomic
+from cifar_lit.callbacks.history import read_history_csv
 from cifar_lit.checkpoints import run_dir_of
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.data.sources import load_split
+from cifar_lit.files import write_text_atomic
 from cifar_lit.errors import ConfigError, DataError, UserError
 from cifar_lit.evaluation import (
     classification_metrics,

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -28,8 +27,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.callbacks.figures import ConfusionFigures
-from cifar_lit.callbacks.history import EpochHistory, write_text_atomic
+from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.image_grids import PredictionGrids
+from cifar_lit.callbacks.run_folder import ConfigRecord
 from cifar_lit.callbacks.safety import (
     GracefulStop,
     NonFiniteLoss,
@@ -51,6 +51,7 @@ from cifar_lit.checkpoints import (
 )
 from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.files import write_text_atomic
 from cifar_lit.errors import ConfigError, UserError
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.provenance import command_line, device_description, git_commit, versions
@@ -149,7 +150,11 @@ def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path:
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule) -> dict[str, Any]:
-    """The run's callbacks by role (the summary reads some of them back)."""
+    """The run's callbacks by role (the summary reads some of them back).
+
+    `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
+    the folder-writing callbacks then find it in `setup`.
+    """
     timer = Timer(duration=None, verbose=False)
     guard = NonFiniteLossGuard(
         check_every_n_steps=1 if config["progress_bar"] else config["log_every_n_steps"],
@@ -164,33 +169,36 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks["progress"] = TQDMProgressBar(refresh_rate=10)
     if config["ema_decay"]:
         callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
-    if run_dir is not None:
-        checkpoint_dir = run_dir / CHECKPOINT_FOLDER
-        callbacks["lr"] = LearningRateMonitor(logging_interval="step")
-        callbacks["history"] = EpochHistory(run_dir)
-        callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"],
-                                             config["grid_every_n_epochs"], run_dir)
-        callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
-        callbacks["best"] = ModelCheckpoint(
-            dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-            monitor="val/acc", mode="max", save_top_k=1,
-        )
-        # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
-        # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
-        latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
-                      enable_version_counter=False)
-        callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
-        if config["ckpt_every_n_steps"]:
-            callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
-        callbacks["graceful"] = GracefulStop(checkpoint_dir / LAST_NAME, guard)
+    if config["fast_dev_run"]:
+        return callbacks
+    checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
+    callbacks["record"] = ConfigRecord(config, run_dir)
+    callbacks["lr"] = LearningRateMonitor(logging_interval="step")
+    callbacks["history"] = EpochHistory(run_dir)
+    callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
+                                         run_dir)
+    callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
+    callbacks["best"] = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        monitor="val/acc", mode="max", save_top_k=1,
+    )
+    # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
+    # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
+    latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                  enable_version_counter=False)
+    callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
+    if config["ckpt_every_n_steps"]:
+        callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
+    callbacks["graceful"] = GracefulStop(guard, run_dir)
     return callbacks
 
 
 def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Path | None) -> pl.Trainer:
     accelerator, devices, precision = resolve_hardware(config)
     logger: Any = False
-    if run_dir is not None:
-        logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name,
+    if not config["fast_dev_run"]:
+        save_dir = run_dir.parent if run_dir is not None else Path(config["logdir"])
+        logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
                                    default_hp_metric=False)
     return pl.Trainer(
         accelerator=accelerator,
@@ -206,7 +214,9 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         benchmark=not config["deterministic"],
         log_every_n_steps=config["log_every_n_steps"],
         enable_progress_bar=config["progress_bar"],
-        enable_checkpointing=run_dir is not None,
+        enable_checkpointing=not config["fast_dev_run"],
+        sync_batchnorm=config["sync_batchnorm"],
+        use_distributed_sampler=False,  # the DataModule shards every split itself, without padding
         num_sanity_val_steps=config["sanity_val_steps"],
         fast_dev_run=config["fast_dev_run"],
         plugins=[OrderedAsyncCheckpointIO(AtomicCheckpointIO())],
@@ -321,10 +331,10 @@ def train(argv: Sequence[str], started: float) -> int:
 
     created_run_dir = False
     if not config["fast_dev_run"]:
+        check_writable(Path(config["logdir"]))
         if os.environ.get(RUN_DIR_ENV):
             run_dir = Path(os.environ[RUN_DIR_ENV])
-        elif run_dir is None:
-            check_writable(Path(config["logdir"]))
+        elif run_dir is None and not launched_as_several_processes():
             run_dir = next_version_dir(Path(config["logdir"]))
             created_run_dir = True
     callbacks = build_callbacks(config, run_dir, datamodule)
@@ -333,9 +343,7 @@ def train(argv: Sequence[str], started: float) -> int:
         trainer = build_trainer(config, callbacks, run_dir)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
-            if trainer.is_global_zero:
-                write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, run_dir, started)
+        return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, started)
     except UserError:
         if created_run_dir and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -347,9 +355,14 @@ def train(argv: Sequence[str], started: float) -> int:
             os.environ[RUN_DIR_ENV] = previous_env
 
 
+def launched_as_several_processes() -> bool:
+    """torchrun or SLURM started every rank already: no rank may pick a run folder alone."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
                  callbacks: dict[str, Any], config: dict[str, Any], argv: Sequence[str],
-                 checkpoint_path: Path | None, run_dir: Path | None, started: float) -> int:
+                 checkpoint_path: Path | None, started: float) -> int:
     graceful: GracefulStop | None = callbacks.get("graceful")
     handlers_before = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
     try:
@@ -365,6 +378,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         )
         return 128 + signum
     except NonFiniteLoss as bad:
+        run_dir = callbacks["history"].run_dir if "history" in callbacks else None
         last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
         kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
         print(
@@ -377,6 +391,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
     finally:
         for signum, handler in handlers_before.items():
             signal.signal(signum, handler)
+    run_dir = callbacks["history"].run_dir if "history" in callbacks else None
     if graceful is not None and graceful.signum is not None:
         print(f"Stopped by signal {graceful.signum}; the last checkpoint is in {run_dir / CHECKPOINT_FOLDER}.",
               file=sys.stderr)

@@ -16,6 +16,7 @@ from synthetic import write_image_folder, write_torchvision_batches  # noqa: E40
 # A learnable 300-image set trains to >90% in two epochs with these settings on the CPU.
 TINY_FLAGS = [
     "--gpus", "0", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
+    "--lr-reference-batch-size", "30",
     "--schedule", "constant", "--warmup-fraction", "0", "--no-progress-bar", "--sanity-val-steps", "0",
     "--grid-images", "8", "--log-every-n-steps", "5",
 ]

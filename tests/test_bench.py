@@ -14,7 +14,8 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     code = main(["--preset", "fast85", "--seeds", "2", "--data-dir", str(image_folder), "--out", str(out),
                  "--pil-epochs", "1", "--pil-workers", "0", "--",
                  "--gpus", "0", "--max-epochs", "2", "--batch-size", "30", "--eval-batch-size", "50", "--no-compile",
-                 "--lr", "0.005", "--schedule", "constant", "--warmup-fraction", "0", "--target-acc", "0.5"])
+                 "--lr", "0.005", "--lr-reference-batch-size", "30", "--schedule", "constant", "--warmup-fraction", "0",
+                 "--target-acc", "0.5"])
     assert code == 0
     (record_path,) = out.glob("fast85-cpu-*.json")
     record = json.loads(record_path.read_text())

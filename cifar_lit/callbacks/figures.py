@@ -7,21 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 
 from cifar_lit.callbacks.image_grids import tensorboard_writer
+from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
 
 
-class ConfusionFigures(Callback):
+class ConfusionFigures(RunFolderCallback):
     """After validation (every `every_n_epochs`, 0: never) and after testing: `<stage>/confusion_matrix` and
     `<stage>/per_class_accuracy` images in TensorBoard; the test pair also as confusion_matrix.png and
     per_class_accuracy.png in the run folder. Reads the confusion matrix the LightningModule keeps per stage."""
 
     def __init__(self, class_names: Sequence[str], every_n_epochs: int = 1, run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
         self.class_names = tuple(class_names)
         self.every_n_epochs = every_n_epochs
-        self.run_dir = run_dir
 
     def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
         matrix = getattr(pl_module, "confusion", {}).get(stage)
@@ -41,7 +41,7 @@ class ConfusionFigures(Callback):
             if writer is not None:
                 writer.add_image(f"{stage}/{name}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
             if save_png:
-                save_figure(figure, Path(self.run_dir or trainer.log_dir or ".") / f"{name}.png")
+                save_figure(figure, self.run_dir / f"{name}.png")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

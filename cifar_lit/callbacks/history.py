@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 
+from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.files import write_text_atomic
 from cifar_lit.plots import curves_figure, save_figure
 
 HISTORY_FIELDS = (
@@ -23,13 +23,6 @@ METRIC_KEYS = {
     "train_acc": "train/acc", "train_loss": "train/loss", "val_acc": "val/acc", "val_loss": "val/loss",
     "val_acc_tta": "val/acc_tta",
 }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a small text file in one rename, so a kill never leaves it half written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_history_csv(path: Path) -> list[dict[str, float]]:
@@ -46,7 +39,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class EpochHistory(Callback):
+class EpochHistory(RunFolderCallback):
     """Records accuracy, loss, learning rate, epoch time and images/s after every training epoch.
 
     The rows live in the checkpoint (so a resumed run keeps its whole history), are rewritten to
@@ -55,16 +48,13 @@ class EpochHistory(Callback):
     """
 
     def __init__(self, run_dir: Path | None = None) -> None:
-        self.run_dir = run_dir
+        super().__init__(run_dir)
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = 0.0
         self._train_end: float | None = None
         self._images = 0
         self.train_started_at: float | None = None
         self.train_ended_at: float | None = None
-
-    def _folder(self, trainer: pl.Trainer) -> Path:
-        return Path(self.run_dir or trainer.log_dir or ".")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_started_at = time.time()
@@ -113,7 +103,7 @@ class EpochHistory(Callback):
                     {"time/epoch_seconds": row["epoch_seconds"], "time/images_per_second": row["images_per_second"]},
                     step=trainer.global_step,
                 )
-            self.write_csv(self._folder(trainer) / "metrics.csv")
+            self.write_csv(self.run_dir / "metrics.csv")
 
     def write_csv(self, path: Path) -> None:
         buffer = io.StringIO()
@@ -125,7 +115,7 @@ class EpochHistory(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
-            self.save_curves(self._folder(trainer))
+            self.save_curves(self.run_dir)
 
     def save_curves(self, folder: Path) -> list[Path]:
         epochs = [row["epoch"] for row in self.rows]

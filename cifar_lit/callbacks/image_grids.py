@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
 
 KINDS = ("misclassified", "correct")
@@ -25,7 +25,7 @@ def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
     return None
 
 
-class PredictionGrids(Callback):
+class PredictionGrids(RunFolderCallback):
     """After validation (every `every_n_epochs`) and after testing, logs up to `max_images` misclassified and as many
     correctly classified images, de-normalized and captioned "true / pred", under the image tags
     `<stage>/misclassified` and `<stage>/correct`. The test grids are also saved as misclassified.png and
@@ -33,10 +33,10 @@ class PredictionGrids(Callback):
 
     def __init__(self, class_names: Sequence[str], max_images: int = 30, every_n_epochs: int = 1,
                  run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
         self.class_names = tuple(class_names)
         self.max_images = max_images
         self.every_n_epochs = every_n_epochs
-        self.run_dir = run_dir
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._active = False
 
@@ -84,7 +84,7 @@ class PredictionGrids(Callback):
             if writer is not None:
                 writer.add_image(f"{stage}/{kind}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
             if save_png:
-                save_figure(figure, Path(self.run_dir or trainer.log_dir or ".") / f"{kind}.png")
+                save_figure(figure, self.run_dir / f"{kind}.png")
         self._active = False
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -11,6 +11,9 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
+
 
 def on_last_batch_of_epoch(trainer: pl.Trainer) -> bool:
     """Whether the batch just trained was the epoch's last: its validation and epoch-end checkpoint come next.
@@ -83,17 +86,23 @@ class NonFiniteLossGuard(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check()
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._strategy = trainer.strategy
+
     def check(self) -> None:
-        """Raise NonFiniteLoss if any step so far had a non-finite loss."""
+        """Raise NonFiniteLoss if any step so far had a non-finite loss on any rank (all ranks raise together)."""
         if self._first_bad_step is not None:
-            bad_step = int(self._first_bad_step)
+            flag = self._first_bad_step
+            if getattr(self, "_strategy", None) is not None and self._strategy.world_size > 1:
+                flag = self._strategy.reduce(flag.clone().float(), reduce_op="max").long()
+            bad_step = int(flag)
             if bad_step >= 0:
                 raise NonFiniteLoss(bad_step, self._epoch_of_step.get(bad_step, 0))
             self._epoch_of_step.clear()
 
 
-class GracefulStop(Callback):
-    """On SIGTERM or the first Ctrl-C, finish the batch in hand, save `checkpoint_path`, and stop (StopRequested).
+class GracefulStop(RunFolderCallback):
+    """On SIGTERM or the first Ctrl-C, finish the batch in hand, save the run's last.ckpt, and stop (StopRequested).
 
     In a single process the handlers are installed when training starts, after Lightning has installed its own
     SIGTERM handler, and replace it: Lightning's would raise in the middle of a validation pass, leaving a checkpoint whose epoch is half
@@ -105,8 +114,8 @@ class GracefulStop(Callback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, checkpoint_path: Path, guard: NonFiniteLossGuard | None = None) -> None:
-        self.checkpoint_path = Path(checkpoint_path)
+    def __init__(self, guard: NonFiniteLossGuard | None = None, run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
         self.guard = guard
         self.signum: int | None = None
         self.saved: Path | None = None
@@ -124,8 +133,9 @@ class GracefulStop(Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         if self.guard is not None:
             self.guard.check()
-        trainer.save_checkpoint(self.checkpoint_path)
-        self.saved = self.checkpoint_path
+        path = self.run_dir / CHECKPOINT_FOLDER / LAST_NAME
+        trainer.save_checkpoint(path)
+        self.saved = path
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

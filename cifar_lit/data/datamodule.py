@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 
 from cifar_lit.data.augment import apply_cutout, augment_batch, channel_tensor, denormalize, draw_cutout_centers, normalize
@@ -59,7 +59,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     Args:
         data_dir: folder with `cifar-10-batches-py/` or an image folder (`train/<class>/`, `test/<class>/`).
         download: fetch CIFAR-10 with torchvision when `data_dir` holds no copy.
-        batch_size: training images per step on each device.
+        batch_size: training images per step on each device (the global batch is this times the devices).
         eval_batch_size: images per validation/test step.
         data_path: "tensor" (uint8 tensors, augmentation batched on the device) or "pil" (torchvision transforms
             per image in DataLoader workers, the classic path, kept for comparison).
@@ -202,10 +202,18 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def _loader(self, name: str, train: bool) -> Any:
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         if self.hparams.data_path == "pil":
+            dataset = PILImageDataset(self.splits[name], self._pil_transform(train))
+            rank, world = self._rank_and_world()
+            sampler: Any = None
+            if world > 1 and train:
+                sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.hparams.seed, drop_last=True)
+            elif world > 1:
+                sampler = range(rank, len(dataset), world)  # every image exactly once over the ranks, no padding
             return DataLoader(
-                PILImageDataset(self.splits[name], self._pil_transform(train)),
+                dataset,
                 batch_size=batch_size,
-                shuffle=train,
+                shuffle=train and sampler is None,
+                sampler=sampler,
                 drop_last=train,
                 num_workers=self.hparams.num_workers,
                 persistent_workers=self.hparams.num_workers > 0,

@@ -1,0 +1,114 @@
+"""Several processes through Lightning's DDP on the CPU: one set of outputs, every test image counted once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.report import main as evaluate
+from conftest import TINY_FLAGS
+from synthetic import write_image_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory) -> Path:
+    """300 training images and 101 test images: the test set does not split evenly over two processes."""
+    root = write_image_folder(tmp_path_factory.mktemp("ddp") / "cifar", train_per_class=30, test_per_class=10)
+    extra = np.full((32, 32, 3), 200, dtype=np.uint8)
+    Image.fromarray(extra).save(root / "test" / "ship" / "extra.png")
+    return root
+
+
+def ddp_flags(data: Path, logdir: Path) -> list[str]:
+    flags = [f for f in TINY_FLAGS]
+    flags[flags.index("--gpus"):flags.index("--gpus") + 2] = []
+    return [*flags, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--data-dir", str(data),
+            "--logdir", str(logdir), "--target-acc", "0.5", "--max-epochs", "8", "--eval-batch-size", "20"]
+
+
+def check_one_run_and_exact_test_accuracy(logdir: Path, tmp_path: Path) -> dict:
+    runs = sorted(logdir.glob("version_*"))
+    assert len(runs) == 1, runs
+    run_dir = runs[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["target_reached"]
+    assert summary["epochs_run"] == summary["target_epoch"] < 8  # stopped at the target, on both ranks
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) >= 1 and (run_dir / "metrics.csv").is_file()
+    (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    out = tmp_path / "single"
+    assert evaluate(["--ckpt", str(best), "--out", str(out), "--gpus", "0"]) == 0
+    single = json.loads((out / "metrics.json").read_text())
+    assert single["images"] == 101
+    assert summary["test_acc"] == pytest.approx(single["accuracy"], abs=1e-7)  # k/101, every image once
+    return summary
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_writes_one_run_and_counts_each_test_image_once(odd_folder, tmp_path):
+    logdir = tmp_path / "logs"
+    result = subprocess.run([sys.executable, "train.py", *ddp_flags(odd_folder, logdir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = check_one_run_and_exact_test_accuracy(logdir, tmp_path)
+    assert summary["config"]["devices"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_launch_shares_one_run_folder(odd_folder, tmp_path):
+    logdir = tmp_path / "logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
+               *ddp_flags(odd_folder, logdir)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_one_run_and_exact_test_accuracy(logdir, tmp_path)
+
+
+class FakeTrainer:
+    """What the DataModule asks of a Trainer, for rank `rank` of `world` processes."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.global_rank, self.world_size = rank, world
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"))
+        self.fit_loop = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+        self.training = False
+
+
+@pytest.mark.parametrize("data_path", ["tensor", "pil"])
+def test_each_rank_evaluates_its_own_share_without_padding(odd_folder, data_path):
+    seen = []
+    for rank in range(3):
+        module = CIFAR10DataModule(data_dir=str(odd_folder), data_path=data_path, eval_batch_size=16, num_workers=0)
+        module.trainer = FakeTrainer(rank, 3)
+        module.setup("fit")
+        labels = [batch[1] for batch in module.test_dataloader()]
+        seen.append(np.concatenate([label.numpy() for label in labels]))
+    assert sum(len(part) for part in seen) == 101
+    assert [len(part) for part in seen] == [34, 34, 33]
+    counts = np.bincount(np.concatenate(seen), minlength=10)
+    assert counts.tolist() == [10] * 8 + [11, 10]
+
+
+@pytest.mark.parametrize("data_path", ["tensor", "pil"])
+def test_ranks_train_on_disjoint_shares(odd_folder, data_path):
+    shares = []
+    for rank in range(2):
+        module = CIFAR10DataModule(data_dir=str(odd_folder), data_path=data_path, batch_size=10, num_workers=0,
+                                   crop_padding=0, flip=False)
+        module.trainer = FakeTrainer(rank, 2)
+        module.setup("fit")
+        loader = module.train_dataloader()
+        shares.append({bytes(img.numpy().tobytes()) for batch in loader for img in batch[0]})
+    assert len(shares[0]) == len(shares[1]) == 150
+    assert not shares[0] & shares[1]
