@@ -66,7 +66,7 @@ def save_figure(figure: Figure, path: Path) -> Path:
 def epoch_axis(axis: Any, epochs: Sequence[float]) -> None:
     """Whole epochs on the x axis, with half an epoch of room either side."""
     axis.set_xlabel("epoch", fontsize=11)
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if epochs:
         axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
 

@@ -227,7 +227,8 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
 # ------------------------------------------------------------------------------------------------------ summary
 
 
-def fit_facts(callbacks: dict[str, Any], trainer: pl.Trainer, model: CIFARClassifier) -> dict[str, Any]:
+def fit_facts(callbacks: dict[str, Any], trainer: pl.Trainer, model: CIFARClassifier, commit: str | None
+              ) -> dict[str, Any]:
     """What fitting achieved, read before testing: testing a checkpoint restores the callbacks' state from it."""
     stop: StopAtTarget = callbacks["stop"]
     best: ModelCheckpoint = callbacks["best"]
@@ -248,6 +249,7 @@ def fit_facts(callbacks: dict[str, Any], trainer: pl.Trainer, model: CIFARClassi
         "train_started_at": history.train_started_at,
         "train_ended_at": history.train_ended_at,
         "best_checkpoint": best.best_model_path or None,
+        "git_commit": commit,
     }
 
 
@@ -259,13 +261,13 @@ def write_summary(run_dir: Path, config: dict[str, Any], argv: Sequence[str], fa
         "test_loss": test_metrics.get("test/loss"),
         "test_acc_tta": test_metrics.get("test/acc_tta"),
         "target_acc": config["target_acc"],
-        **{key: value for key, value in facts.items() if key != "best_val_acc"},
+        **{key: value for key, value in facts.items() if key not in ("best_val_acc", "git_commit")},
         "total_seconds": time.perf_counter() - started,
         "device": device_description(trainer.strategy.root_device),
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
         "versions": versions(),
-        "git_commit": git_commit(),
+        "git_commit": facts["git_commit"],
         "command": command_line(list(argv), "train.py"),
         "run_dir": str(run_dir),
         "config": config,
@@ -302,6 +304,7 @@ def report(summary: dict[str, Any]) -> str:
 
 
 def train(argv: Sequence[str], started: float) -> int:
+    commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
     config = parse_config(argv)
     checkpoint_path: Path | None = None
     run_dir: Path | None = None
@@ -343,7 +346,7 @@ def train(argv: Sequence[str], started: float) -> int:
         trainer = build_trainer(config, callbacks, run_dir)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
-        return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, started)
+        return fit_and_test(trainer, model, datamodule, callbacks, config, argv, checkpoint_path, started, commit)
     except UserError:
         if created_run_dir and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -362,7 +365,7 @@ def launched_as_several_processes() -> bool:
 
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
                  callbacks: dict[str, Any], config: dict[str, Any], argv: Sequence[str],
-                 checkpoint_path: Path | None, started: float) -> int:
+                 checkpoint_path: Path | None, started: float, commit: str | None) -> int:
     graceful: GracefulStop | None = callbacks.get("graceful")
     handlers_before = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
     try:
@@ -400,7 +403,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         trainer.test(model, datamodule=datamodule)
         print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
         return 0
-    facts = fit_facts(callbacks, trainer, model)
+    facts = fit_facts(callbacks, trainer, model, commit)
     results = trainer.test(model, datamodule=datamodule, ckpt_path=facts["best_checkpoint"], weights_only=True)
     test_metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     if trainer.is_global_zero and run_dir is not None:

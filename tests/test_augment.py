@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -96,6 +95,7 @@ def test_cutout_zeroes_a_square_clipped_at_the_border():
     assert centers.min() >= 0 and centers.max() <= 31
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_augmentation_matches_the_cpu_given_the_same_offsets():
     images = uint8_batch(16)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from cifar_lit.data import sources
-from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.data.sources import load_image_folder_split, load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats

@@ -1,0 +1,50 @@
+"""Seconds to decode an image folder into the uint8 cache (first run) and to load it back (every later run).
+
+    python benchmarks/cache_timing.py --data-dir DIR
+
+Uses a fresh temporary cache folder, so the first pass really decodes. Writes benchmarks/results/cache-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cifar_lit.data.sources import SPLITS, load_image_folder_split
+from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    timings = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for attempt in ("decode", "cached"):
+            for split in SPLITS:
+                start = time.perf_counter()
+                loaded = load_image_folder_split(Path(args.data_dir), split, Path(cache))
+                timings[f"{attempt}_{split}_seconds"] = time.perf_counter() - start
+                timings[f"{split}_images"] = len(loaded)
+    record = {"benchmark": "image-folder cache", "device": device_description(), "cpu_count": os.cpu_count(),
+              "data": args.data_dir, **timings, "command": command_line(program="benchmarks/cache_timing.py"),
+              "git_commit": git_commit(), "versions": versions(), "date": dt.date.today().isoformat()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
+    path = out / f"cache-{slug}-{record['date']}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(timings, indent=2), f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
