@@ -40,7 +40,7 @@ from cifar_lit.plots import (
     save_figure,
     spread_over_classes,
 )
-from cifar_lit.provenance import device_description
+from cifar_lit.provenance import command_line, device_description, git_commit, versions
 
 GRID_IMAGES = 30  # three per class
 
@@ -89,7 +89,8 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
     test = load_split(data_dir, "test", verify_checksums=model.datamodule_hparams.get("verify_checksums", True))
     probabilities = predict_probabilities(model, test.images, batch_size, device=device)
     metrics = classification_metrics(probabilities, test.labels)
-    metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), device=device_description(device))
+    metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), device=device_description(device),
+                   command=command_line(program="evaluate.py"), git_commit=git_commit(), versions=versions())
     if tta:
         tta_probabilities = predict_probabilities(model, test.images, batch_size, flip_tta=True, device=device)
         metrics["accuracy_flip_tta"] = classification_metrics(tta_probabilities, test.labels)["accuracy"]
