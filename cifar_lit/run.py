@@ -329,7 +329,7 @@ def train(argv: Sequence[str], started: float) -> int:
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, config))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
-    resolve_hardware(config)
+    resolve_hardware(config)  # refuses --gpus N without N GPUs before any run folder exists
     model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
 
     created_run_dir = False
@@ -395,10 +395,6 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         for signum, handler in handlers_before.items():
             signal.signal(signum, handler)
     run_dir = callbacks["history"].run_dir if "history" in callbacks else None
-    if graceful is not None and graceful.signum is not None:
-        print(f"Stopped by signal {graceful.signum}; the last checkpoint is in {run_dir / CHECKPOINT_FOLDER}.",
-              file=sys.stderr)
-        return 128 + graceful.signum
     if config["fast_dev_run"]:
         trainer.test(model, datamodule=datamodule)
         print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
@@ -409,6 +405,11 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
     if trainer.is_global_zero and run_dir is not None:
         summary = write_summary(run_dir, config, argv, facts, trainer, test_metrics, started)
         print(report(summary))
+    if graceful is not None and graceful.signum is not None:
+        # the signal came during the last validation: training had finished, so the test and summary were done
+        print(f"Signal {graceful.signum} arrived after the last training step; the run finished and was tested.",
+              file=sys.stderr)
+        return 128 + graceful.signum
     return 0
 
 

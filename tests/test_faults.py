@@ -335,3 +335,14 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(noisy_flags, tm
     assert checkpoints.load_checkpoint(folder / "last.ckpt")["global_step"] == 10
     assert checkpoints.load_checkpoint(folder / "best-epoch000.ckpt")["global_step"] == 10
     assert list(folder.glob(".*.tmp")) == []
+
+
+@pytest.mark.slow
+def test_signal_on_the_last_step_still_tests_and_summarises_the_finished_run(noisy_flags, tmp_path, monkeypatch,
+                                                                              capsys):
+    logdir = tmp_path / "logs"
+    with_extra_callback(monkeypatch, SignalAtStep(20))
+    assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "2"]) == 128 + signal.SIGTERM
+    summary = json.loads((only_run(logdir) / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["test_acc"] is not None
+    assert "the run finished and was tested" in capsys.readouterr().err
