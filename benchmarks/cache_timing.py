@@ -2,7 +2,8 @@
 
     python benchmarks/cache_timing.py --data-dir DIR
 
-Uses a fresh temporary cache folder, so the first pass really decodes. Writes benchmarks/results/cache-<device>-<date>.json.
+Uses a fresh temporary cache folder, so the first pass really decodes.
+Writes benchmarks/results/cache-<device>-<date>.json.
 """
 
 from __future__ import annotations

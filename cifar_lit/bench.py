@@ -144,13 +144,16 @@ def markdown_table(record: dict[str, Any]) -> str:
             f"{fmt(run['images_per_second'], '{:,.0f}')} | {fmt(run['gpu_busy_percent'], '{:.0f}')} |"
         )
     summary = record["summary"]
+
+    def median_range(key: str, pattern: str = "{:.2f}") -> str:
+        part = summary[key]
+        return f"{fmt(part['median'], pattern)} ({fmt(part['min'], pattern)}–{fmt(part['max'], pattern)})"
+
     lines += [
         "",
-        f"Median (min–max) training seconds to {record['target_acc']:.0%}: "
-        f"{fmt(summary['train_seconds_to_target']['median'])} ({fmt(summary['train_seconds_to_target']['min'])}–"
-        f"{fmt(summary['train_seconds_to_target']['max'])}); wall seconds {fmt(summary['wall_seconds']['median'], '{:.1f}')}"
-        f" ({fmt(summary['wall_seconds']['min'], '{:.1f}')}–{fmt(summary['wall_seconds']['max'], '{:.1f}')}); "
-        f"test accuracy {fmt(summary['test_acc']['median'], '{:.4f}')} (mean {fmt(summary['test_acc_mean'], '{:.4f}')}).",
+        f"Median (min–max) training seconds to {record['target_acc']:.0%}: {median_range('train_seconds_to_target')}; "
+        f"wall seconds {median_range('wall_seconds', '{:.1f}')}; test accuracy {median_range('test_acc', '{:.4f}')} "
+        f"(mean {fmt(summary['test_acc_mean'], '{:.4f}')}).",
     ]
     for name in ("bare_pytorch", "pil_data_path"):
         if record.get(name):
@@ -176,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, flags passed to every train.py run")
     args = parser.parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
-    preset = Path(args.preset) if args.preset.endswith((".yaml", ".yml")) else PROJECT_ROOT / "configs" / f"{args.preset}.yaml"
+    preset = Path(args.preset)
+    if preset.suffix not in (".yaml", ".yml"):
+        preset = PROJECT_ROOT / "configs" / f"{args.preset}.yaml"
     config = parse_config(["--config", str(preset), "--data-dir", args.data_dir, *extra])
     accelerator, _, precision = resolve_hardware(config)
     device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")

@@ -22,7 +22,6 @@ from cifar_lit.callbacks.history import read_history_csv
 from cifar_lit.checkpoints import run_dir_of
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.data.sources import load_split
-from cifar_lit.files import write_text_atomic
 from cifar_lit.errors import ConfigError, DataError, UserError
 from cifar_lit.evaluation import (
     classification_metrics,
@@ -31,6 +30,7 @@ from cifar_lit.evaluation import (
     read_user_image,
     top_classes,
 )
+from cifar_lit.files import write_text_atomic
 from cifar_lit.plots import (
     accuracy_and_loss_figure,
     confusion_matrix_figure,

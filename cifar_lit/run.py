@@ -51,8 +51,8 @@ from cifar_lit.checkpoints import (
 )
 from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.files import write_text_atomic
 from cifar_lit.errors import ConfigError, UserError
+from cifar_lit.files import write_text_atomic
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.provenance import command_line, device_description, git_commit, versions
 

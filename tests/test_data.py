@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import make_images
 
 from cifar_lit.data import sources
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
@@ -12,7 +13,6 @@ from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.data.sources import load_image_folder_split, load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.errors import DataError
-from synthetic import make_images
 
 
 def test_image_folder_is_read_in_class_order(image_folder):
@@ -183,7 +183,8 @@ def test_tensor_path_yields_uint8_and_transfers_to_normalized_float(image_folder
     assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32) and labels.dtype == torch.int64
     out, _ = module.on_after_batch_transfer((images, labels), 0)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
-    expected = (images.float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(CIFAR10_STD)[:, None, None]
+    mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
+    expected = (images.float() / 255 - mean) / std
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from PIL import Image
+from synthetic import write_image_folder
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.report import main as evaluate
-from conftest import TINY_FLAGS
-from synthetic import write_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from PIL import Image
+from synthetic import CLASS_COLOURS, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.report import main as evaluate
 from cifar_lit.run import main as train
-from conftest import TINY_FLAGS
-from synthetic import CLASS_COLOURS, write_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -105,11 +105,12 @@ class GracefulStop(RunFolderCallback):
     """On SIGTERM or the first Ctrl-C, finish the batch in hand, save the run's last.ckpt, and stop (StopRequested).
 
     In a single process the handlers are installed when training starts, after Lightning has installed its own
-    SIGTERM handler, and replace it: Lightning's would raise in the middle of a validation pass, leaving a checkpoint whose epoch is half
-    evaluated. Here the stop always happens after a training step that is not an epoch's last, so the checkpoint
-    resumes exactly; a signal during validation or the last step takes effect after the next step. A second Ctrl-C interrupts at once. With several processes
-    Lightning's handler stays (it tells the other ranks) and its exception gets the same checkpoint. The caller
-    restores the handlers that were there before fitting.
+    SIGTERM handler, and replace it: Lightning's would raise in the middle of a validation pass, leaving a
+    checkpoint whose epoch is half evaluated. Here the stop always happens after a training step that is not an
+    epoch's last, so the checkpoint resumes exactly; a signal during validation or the last step takes effect
+    after the next step. A second Ctrl-C interrupts at once. With several processes Lightning's handler stays (it
+    tells the other ranks) and its exception gets the same checkpoint. The caller restores the handlers that were
+    there before fitting.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)

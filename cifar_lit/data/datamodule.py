@@ -12,10 +12,24 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 
-from cifar_lit.data.augment import apply_cutout, augment_batch, channel_tensor, denormalize, draw_cutout_centers, normalize
+from cifar_lit.data.augment import (
+    apply_cutout,
+    augment_batch,
+    channel_tensor,
+    denormalize,
+    draw_cutout_centers,
+    normalize,
+)
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
-from cifar_lit.data.sources import SPLITS, Split, detect_format, load_image_folder_split, load_split, missing_data_message
+from cifar_lit.data.sources import (
+    SPLITS,
+    Split,
+    detect_format,
+    load_image_folder_split,
+    load_split,
+    missing_data_message,
+)
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.errors import DataError
 
