@@ -112,3 +112,13 @@ def test_ranks_train_on_disjoint_shares(odd_folder, data_path):
         shares.append({bytes(img.numpy().tobytes()) for batch in loader for img in batch[0]})
     assert len(shares[0]) == len(shares[1]) == 150
     assert not shares[0] & shares[1]
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["global-shuffle", "sharded"])
+def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
+    # 300 training images on 7 ranks: shards of 43 or 42 images, so a batch of 43 fits on some ranks only
+    for rank in range(7):
+        module = CIFAR10DataModule(data_dir=str(odd_folder), batch_size=43, shard_train_data=shard)
+        module.trainer = FakeTrainer(rank, 7)
+        module.setup("fit")
+        assert module.train_batches_per_epoch() == len(list(module.train_dataloader()))

@@ -251,9 +251,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         )
 
     def train_batches_per_epoch(self) -> int:
-        """Training batches each rank takes per epoch (the last incomplete one is dropped)."""
-        _, world = self._rank_and_world()
-        return (len(self.splits["train"]) // world) // self.hparams.batch_size
+        """Training batches this rank takes per epoch: the length of the loader it will train on, whichever path."""
+        return len(self._loader("train", train=True))
 
     def eval_batch_sizes(self) -> list[int]:
         """Distinct batch sizes this rank's validation and test loaders produce (full batches and remainders)."""
