@@ -13,6 +13,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from cifar_lit.errors import CheckpointError
+from cifar_lit.files import remove_stale_temporaries, temporary_path
 
 LAST_NAME = "last.ckpt"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -32,24 +33,6 @@ def fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete half-written `.<name>.<pid>.tmp` files left by processes that were killed while writing `path`."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = stale.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it into place.
 
@@ -61,7 +44,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temporary_path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(path)

@@ -1,5 +1,6 @@
 import os
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
@@ -197,3 +198,21 @@ def test_pil_path_batches_match_the_tensor_path_without_augmentation(image_folde
     pil_images, pil_labels = pil_dm.on_after_batch_transfer(next(iter(pil_dm.test_dataloader())), 0)
     assert torch.equal(tensor_labels, pil_labels)
     torch.testing.assert_close(tensor_images, pil_images, atol=1e-5, rtol=0)
+
+
+def test_cache_write_removes_what_a_killed_decode_left_behind(image_folder):
+    cache_dir = image_folder / ".cifar_lit_cache"
+    cache_dir.mkdir()
+    dead = _finished_pid()
+    stale = cache_dir / f".test.npz.{dead}.tmp"
+    alive = cache_dir / f".test.npz.{os.getppid()}.tmp"  # a running writer's file stays
+    stale.write_bytes(b"half a cache")
+    alive.write_bytes(b"being written")
+    load_image_folder_split(image_folder, "test")
+    assert not stale.exists() and alive.exists()
+
+
+def _finished_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

@@ -20,6 +20,7 @@ from torchvision.datasets import CIFAR10
 
 from cifar_lit.data.constants import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
 from cifar_lit.errors import DataError
+from cifar_lit.files import remove_stale_temporaries, temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def default_cache_dir(data_dir: Path) -> Path:
 def write_cache(path: Path, split: Split, source_fingerprint: str) -> None:
     """Write to a temporary file and rename it, so an interrupted write never leaves a half-written cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)  # a decode killed half-way leaves a large temporary file
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             np.savez(handle, images=split.images, labels=split.labels, fingerprint=np.array(source_fingerprint))
