@@ -3,6 +3,7 @@ import json
 import pytest
 
 from cifar_lit.bench import main
+from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
 
 RECORD_FIELDS = {"device", "preset", "target_acc", "reached", "train_seconds_to_target", "wall_seconds",
                  "epochs_to_target", "test_acc", "images_per_second", "seeds", "command", "git_commit", "versions"}
@@ -23,7 +24,7 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     assert record["seeds"] == [0, 1] and len(record["runs"]) == 2
     assert record["reached"] is True and all(run["reached"] for run in record["runs"])
     assert 0 < record["train_seconds_to_target"] < record["wall_seconds"]
-    assert record["epochs_to_target"] in (1, 2) and record["test_acc"] >= 0.5
+    assert record["epochs_to_target"] in (1, 2) and record["test_acc"] >= 0.5 - REACHED_TOLERANCE
     assert record["images_per_second"] > 0 and record["versions"]["torch"]
     assert record["bare_pytorch"]["reached"] and record["bare_pytorch"]["images_per_second"] > 0
     assert record["pil_data_path"]["images_per_second"] > 0

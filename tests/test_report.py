@@ -20,6 +20,7 @@ from PIL import Image
 from synthetic import CLASS_COLOURS, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.report import main as evaluate
 from cifar_lit.run import main as train
@@ -119,7 +120,11 @@ def test_compare_writes_one_table_and_one_plot(trained_run, tmp_path, capsys):
     assert evaluate(["--compare", str(trained_run), str(second), "--out", str(out)]) == 0
     table = (out / "comparison.md").read_text()
     assert str(trained_run) in table and str(second) in table
-    assert "| lr |" in table.splitlines()[2] or " lr " in table.splitlines()[2] and "0.123" in table
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[-1] == "lr", header  # the one config key that differs gets a column
+    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert rows[str(second)].rstrip(" |").endswith("0.123") and rows[str(trained_run)].rstrip(" |").endswith("0.005")
     with Image.open(out / "comparison.png") as picture:
         assert picture.size[0] > 400
 
@@ -190,7 +195,7 @@ def test_tensorboard_serves_the_run_over_http(trained_run):
             with Image.open(__import__("io").BytesIO(blob)) as picture:
                 assert picture.size[0] >= 400
         values = json.loads(get(f"{base}/data/plugin/scalars/scalars?run={run}&tag=val/acc"))
-        assert values and values[-1][2] >= 0.9
+        assert values and values[-1][2] >= 0.9 - REACHED_TOLERANCE  # float32 in TensorBoard: 0.9 is 0.89999998
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
 from cifar_lit.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,8 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     (run_dir,) = run_dirs(tmp_path / "logs")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["target_reached"] and summary["target_epoch"] == summary["epochs_run"] < 6
-    assert summary["best_val_acc"] >= 0.9 and summary["test_acc"] >= 0.9
+    # accuracies are float32: exactly 90% is stored as 0.89999998
+    assert summary["best_val_acc"] >= 0.9 - REACHED_TOLERANCE and summary["test_acc"] >= 0.9 - REACHED_TOLERANCE
     assert summary["target_seconds"] > 0 and summary["total_seconds"] >= summary["train_seconds"]
     assert summary["config"]["target_acc"] == 0.9 and summary["config"]["batch_size"] == 30
     assert {"torch", "pytorch_lightning", "torchvision"} <= set(summary["versions"])
@@ -59,7 +61,7 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     scalars = set(events.Tags()["scalars"])
     assert {"train/acc", "train/loss", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
     assert any(tag.startswith("lr") for tag in scalars)
-    assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.9
+    assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.9 - REACHED_TOLERANCE
     image_tags = events.Tags()["images"]
     assert "val/misclassified" in image_tags and "test/misclassified" in image_tags and "val/correct" in image_tags
     grid = events.Images("val/misclassified")[-1]
