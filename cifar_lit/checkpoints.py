@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from cifar_lit.errors import CheckpointError
 from cifar_lit.files import remove_stale_temporaries, temporary_path
+from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_saves
 
 LAST_NAME = "last.ckpt"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -74,15 +74,8 @@ class OrderedAsyncCheckpointIO(AsyncCheckpointIO):
     """
 
     def remove_checkpoint(self, path: Any) -> None:
-        self._ensure_setup()
-        assert self._executor is not None
-
-        def remove() -> None:
-            if self._error is None:
-                assert self.checkpoint_io is not None
-                self.checkpoint_io.remove_checkpoint(path)
-
-        self._executor.submit(remove)
+        assert self.checkpoint_io is not None
+        queue_after_pending_saves(self, lambda: self.checkpoint_io.remove_checkpoint(path))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -13,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
 from cifar_lit.models import resnet18
 from cifar_lit.optim import build_scheduler, build_sgd
 from cifar_lit.warmup import run_every_shape
@@ -178,23 +178,9 @@ class CIFARClassifier(pl.LightningModule):
         return self.hparams.lr * global_batch / reference
 
     def total_training_steps(self) -> int:
-        """Optimizer steps in the whole run: what `trainer.estimated_stepping_batches` reports, computed from the
-        DataModule instead.
-
-        In Lightning 2.6 `estimated_stepping_batches` builds the training loader and fetches its first batch while
-        the optimizers are configured, which is before a checkpoint's loop and loader state is restored; a resumed
-        run would then train on the wrong batches. Counting batches from the data set sizes avoids that.
-        """
-        trainer = self.trainer
-        if trainer.max_steps > 0:
-            return trainer.max_steps
-        per_epoch = trainer.datamodule.train_batches_per_epoch()
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            per_epoch = min(per_epoch, limit)
-        elif limit is not None and limit < 1.0:
-            per_epoch = int(per_epoch * limit)
-        return max(1, math.ceil(per_epoch / trainer.accumulate_grad_batches)) * trainer.max_epochs
+        """Optimizer steps in the whole run, counted from the DataModule's loader length (see
+        `lightning_compat.training_steps` for why not `trainer.estimated_stepping_batches`)."""
+        return training_steps(self.trainer, self.trainer.datamodule.train_batches_per_epoch())
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -224,9 +210,8 @@ class CIFARClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resumed_schedule_steps = checkpoint.get("schedule_total_steps")
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
         # Saved after an epoch's last batch: the next epoch starts its training metrics from zero.
-        self._fresh_train_metrics = bool(progress.get("is_last_batch", True))
+        self._fresh_train_metrics = saved_after_last_batch(checkpoint)
 
     def on_train_start(self) -> None:
         if self._fresh_train_metrics:

@@ -23,7 +23,6 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.callbacks.figures import ConfusionFigures
@@ -53,6 +52,7 @@ from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import ConfigError, UserError
 from cifar_lit.files import write_text_atomic
+from cifar_lit.lightning_compat import epochs_completed, is_lightning_sigterm
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.provenance import command_line, device_description, git_commit, versions
 
@@ -111,11 +111,6 @@ def check_writable(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- resume
-
-
-def epochs_completed(checkpoint: dict[str, Any]) -> int:
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return int(progress.get("processed", checkpoint.get("epoch", 0)))
 
 
 OPTIMIZER_STATE_KEYS = ("lr", "lr_reference_batch_size", "momentum", "nesterov", "weight_decay",
@@ -370,16 +365,6 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
     handlers_before = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
-    except (StopRequested, SIGTERMException):
-        signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
-        saved = graceful.saved if graceful is not None else None
-        where = f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
-        print(
-            f"Stopped by signal {signum} {where}; saved {saved}. "
-            f"Resume with: python train.py --resume last --logdir {config['logdir']}",
-            file=sys.stderr,
-        )
-        return 128 + signum
     except NonFiniteLoss as bad:
         run_dir = callbacks["history"].run_dir if "history" in callbacks else None
         last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
@@ -391,6 +376,18 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
             file=sys.stderr,
         )
         return EXIT_NON_FINITE
+    except BaseException as stop:
+        if not (isinstance(stop, StopRequested) or is_lightning_sigterm(stop)):
+            raise
+        signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
+        saved = graceful.saved if graceful is not None else None
+        where = f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
+        print(
+            f"Stopped by signal {signum} {where}; saved {saved}. "
+            f"Resume with: python train.py --resume last --logdir {config['logdir']}",
+            file=sys.stderr,
+        )
+        return 128 + signum
     finally:
         for signum, handler in handlers_before.items():
             signal.signal(signum, handler)

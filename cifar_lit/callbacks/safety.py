@@ -9,19 +9,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
-
-
-def on_last_batch_of_epoch(trainer: pl.Trainer) -> bool:
-    """Whether the batch just trained was the epoch's last: its validation and epoch-end checkpoint come next.
-
-    A checkpoint taken here would resume past the epoch's last batch but before its validation, which Lightning 2.6
-    then skips; mid-epoch checkpoints therefore wait for a step that is not the last.
-    """
-    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+from cifar_lit.lightning_compat import is_lightning_sigterm, on_last_batch_of_epoch
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -145,6 +136,6 @@ class GracefulStop(RunFolderCallback):
             raise StopRequested(self.signum, self.saved, trainer.current_epoch, trainer.global_step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.saved is None and not trainer.sanity_checking:
+        if is_lightning_sigterm(exception) and self.saved is None and not trainer.sanity_checking:
             self.signum = signal.SIGTERM
             self._save(trainer)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, Timer
-from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from cifar_lit.lightning_compat import forget_threshold_stop, threshold_reached
 
 # EarlyStopping stops only when the metric is strictly above its threshold. Accuracy is a multiple of 1/N for N
 # evaluated images (N = 10,000 here), so a threshold this far below the target turns "above" into "reached".
@@ -38,7 +39,7 @@ class StopAtTarget(EarlyStopping):
         self.reached_value: float | None = None
 
     def _record_if_reached(self, trainer: pl.Trainer) -> None:
-        if self.reached_epoch is not None or self.stopping_reason != EarlyStoppingReason.STOPPING_THRESHOLD:
+        if self.reached_epoch is not None or not threshold_reached(self):
             return
         self.reached_epoch = trainer.current_epoch + 1
         self.reached_seconds = self.timer.time_elapsed("train")
@@ -74,5 +75,4 @@ class StopAtTarget(EarlyStopping):
             self.reached_seconds = state_dict.get("reached_seconds")
             self.reached_value = value
         else:  # a raised target: what the earlier run reached no longer counts
-            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
-            self.stopping_reason_message = None
+            forget_threshold_stop(self)

@@ -32,6 +32,7 @@ from cifar_lit.data.sources import (
 )
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.errors import DataError
+from cifar_lit.lightning_compat import epochs_trained
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +193,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._tensors[name]
 
     def _current_epoch(self) -> int:
-        """The epoch a training iterator started now will serve.
-
-        Not `trainer.current_epoch`: after resuming from an epoch-end checkpoint Lightning builds the iterator
-        before it marks the saved epoch completed, so that would still name the finished epoch and replay its order.
-        The count of epochs whose training part has finished is right in every case.
-        """
-        if self.trainer is None:
-            return 0
-        return self.trainer.fit_loop.epoch_progress.current.processed
+        """The epoch a training iterator started now will serve (`lightning_compat.epochs_trained`: after resuming
+        from an epoch-end checkpoint, `trainer.current_epoch` would still name the finished epoch)."""
+        return epochs_trained(self.trainer) if self.trainer is not None else 0
 
     def _pil_transform(self, train: bool) -> transforms.Compose:
         steps: list[Any] = []
