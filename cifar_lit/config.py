@@ -9,9 +9,10 @@ defaults < `--config` files (in order) < command-line flags.
 from __future__ import annotations
 
 import inspect
+import re
 import typing
-from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
 
 import docstring_parser
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
@@ -19,73 +20,49 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import ConfigError
 from cifar_lit.module import CIFARClassifier
+from cifar_lit.option_types import (
+    Fraction,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveInt,
+    allowed_values,
+    plain,
+)
 
 PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true")
+Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
 # Options a config file may hold but that belong to the run, not to the model or the data.
 RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
-    ("gpus", Optional[int], None,
+    ("gpus", Optional[NonNegativeInt], None,
      "GPUs to train on, 0 for the CPU; short for --accelerator gpu --devices N (default: one GPU if any, else CPU)"),
     ("accelerator", str, "auto", "Lightning accelerator: auto, cpu, gpu, cuda, mps"),
     ("devices", Union[int, str], 1, "devices per node (an int, or 'auto' for all)"),
-    ("num_nodes", int, 1, "machines to train on (DDP)"),
+    ("num_nodes", PositiveInt, 1, "machines to train on (DDP)"),
     ("strategy", str, "auto", "Lightning strategy, e.g. ddp (auto: ddp when there are several devices)"),
     ("sync_batchnorm", bool, False, "with several devices, compute batch-norm statistics over the global batch"),
-    ("precision", Optional[str], None,
-     f"numeric precision ({', '.join(PRECISIONS)}); default bf16-mixed on a GPU that supports it, else 32-true"),
-    ("max_epochs", int, 10, "epochs at most; training stops earlier when --target-acc is reached"),
-    ("limit_train_batches", Optional[int], None, "train on at most this many batches per epoch (quick checks)"),
-    ("target_acc", float, 0.85, "stop as soon as validation accuracy reaches this fraction, in (0, 1]"),
+    ("precision", Optional[Precision], None, "numeric precision; default bf16-mixed on a GPU that supports it, else "
+                                             "32-true"),
+    ("max_epochs", PositiveInt, 10, "epochs at most; training stops earlier when --target-acc is reached"),
+    ("limit_train_batches", Optional[PositiveInt], None,
+     "train on at most this many batches per epoch (quick checks)"),
+    ("target_acc", Fraction, 0.85, "stop as soon as validation accuracy reaches this fraction"),
     ("seed", int, 0, "seed for weights, data order and augmentation"),
     ("resume", Optional[str], None, "checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir"),
     ("fast_dev_run", bool, False, "run one batch of training, validation and test, write nothing, then stop"),
     ("logdir", str, "lightning_logs", "folder of the runs (version_N/ with TensorBoard logs and checkpoints)"),
     ("deterministic", bool, False, "use deterministic algorithms (bit-identical reruns; slower on GPUs)"),
-    ("ckpt_every_n_steps", int, 0, "also refresh last.ckpt every N training steps (0: only at epoch ends)"),
-    ("log_every_n_steps", int, 50, "how often step-level scalars are written"),
+    ("ckpt_every_n_steps", NonNegativeInt, 0, "also refresh last.ckpt every N training steps (0: only at epoch ends)"),
+    ("log_every_n_steps", PositiveInt, 50, "how often step-level scalars are written"),
     ("progress_bar", bool, True, "show Lightning's progress bar"),
-    ("sanity_val_steps", int, 2, "validation batches run before training as a sanity check"),
-    ("grid_images", int, 30, "images in each misclassified/correct grid, spread over the classes (0: no grids)"),
-    ("grid_every_n_epochs", int, 1, "log the validation grids every N epochs (0: only after testing)"),
-    ("ema_decay", Optional[float], None, "keep an exponential moving average of the weights with this decay and "
-                                         "evaluate with it (e.g. 0.999); off by default"),
+    ("sanity_val_steps", NonNegativeInt, 2, "validation batches run before training as a sanity check"),
+    ("grid_images", NonNegativeInt, 30,
+     "images in each misclassified/correct grid, spread over the classes (0: no grids)"),
+    ("grid_every_n_epochs", NonNegativeInt, 1, "log the validation grids every N epochs (0: only after testing)"),
+    ("ema_decay", Optional[OpenUnitInterval], None, "keep an exponential moving average of the weights with this "
+                                                    "decay and evaluate with it (e.g. 0.999); off by default"),
 )
 CONFIGURED_CLASSES = (CIFARClassifier, CIFAR10DataModule)
 NOT_CONFIGURABLE = {"self", "num_classes"}
-
-_positive = (lambda v: v >= 1, "an integer >= 1")
-_non_negative = (lambda v: v >= 0, "a number >= 0")
-_fraction_open = (lambda v: 0 <= v < 1, "a number in [0, 1)")
-# name -> (check, what is allowed); None values are always allowed for optional keys.
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_epochs": _positive,
-    "target_acc": (lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.85 for 85%"),
-    "batch_size": _positive,
-    "eval_batch_size": _positive,
-    "num_nodes": _positive,
-    "limit_train_batches": _positive,
-    "log_every_n_steps": _positive,
-    "gpus": (lambda v: v >= 0, "an integer >= 0 (0 trains on the CPU)"),
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "lr_reference_batch_size": _positive,
-    "momentum": _fraction_open,
-    "weight_decay": _non_negative,
-    "norm_bias_weight_decay": _non_negative,
-    "norm_bias_lr_scale": _non_negative,
-    "label_smoothing": _fraction_open,
-    "warmup_fraction": _fraction_open,
-    "lr_start_factor": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    "lr_end_factor": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    "crop_padding": _non_negative,
-    "cutout": _non_negative,
-    "val_split": _non_negative,
-    "num_workers": _non_negative,
-    "ckpt_every_n_steps": _non_negative,
-    "sanity_val_steps": _non_negative,
-    "grid_images": _non_negative,
-    "grid_every_n_epochs": _non_negative,
-    "ema_decay": (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.999"),
-    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-}
 
 
 def flag(name: str) -> str:
@@ -120,6 +97,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/default.yaml)")
     for name, annotation, default, help_text in all_options():
+        allowed = allowed_values(annotation)
+        if allowed and annotation is not bool:
+            help_text = f"{help_text.rstrip('.')}; allowed: {allowed}"
         if annotation is bool:
             parser.add_argument(flag(name), action=ActionYesNo(no_prefix="no-"), nargs="?", default=default,
                                 help=help_text)
@@ -128,30 +108,41 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def check_ranges(config: dict[str, Any]) -> None:
-    for name, (check, allowed) in RANGES.items():
-        value = config.get(name)
-        if value is not None and not check(value):
-            raise ConfigError(
-                f"{flag(name)} (config key '{name}') is {value!r}, but it must be {allowed}. Fix it on the command "
-                "line or in the config file."
-            )
+# What jsonargparse says of a value outside its type: 'Parser key "lr": Not of type PositiveFloat: -1.0 does not
+# conform to restriction v>0', or for an optional type '... Given value: 0'.
+_REFUSED_KEY = re.compile(r'Parser key "(\w+)"')
+_REFUSED_VALUE = re.compile(r"(?:Given value|Got value): (\S+)|Not of type \w+: (\S+) does not conform"
+                            r"|(?:invalid literal for int\(\) with base 10|could not convert string to float): '([^']*)'")
+
+
+def range_message(error_text: str) -> str | None:
+    """The one-line message for a value outside its option's range, from jsonargparse's error; None otherwise."""
+    key, value = _REFUSED_KEY.search(error_text), _REFUSED_VALUE.search(error_text)
+    annotations = {name: annotation for name, annotation, _, _ in all_options()}
+    if key is None or value is None or key.group(1) not in annotations:
+        return None
+    allowed = allowed_values(annotations[key.group(1)])
+    if allowed is None:
+        return None
+    name, given = key.group(1), next(group for group in value.groups() if group is not None)
+    return (f"{flag(name)} (config key '{name}') is {given}, but it must be {allowed}. Fix it on the command line or "
+            "in the config file.")
 
 
 def parse_config(argv: Sequence[str]) -> dict[str, Any]:
-    """Flat dict of every option, config files and flags applied, ranges checked; ConfigError on any problem."""
+    """Flat dict of every option, config files and flags applied, each value checked against its type's range;
+    ConfigError on any problem."""
     parser = build_parser()
     try:
         namespace = parser.parse_args(list(argv))
     except Exception as error:  # jsonargparse raises ArgumentError (and others) for unknown keys and bad values
         message = " ".join(str(error).split())
-        raise ConfigError(
+        raise ConfigError(range_message(message) or (
             f"Invalid option: {message}. Run `python train.py --help` for the accepted flags; config files use "
             "the same names with underscores (for example max_epochs: 30)."
-        ) from None
-    config = namespace.as_dict()
+        )) from None
+    config = {key: plain(value) for key, value in namespace.as_dict().items()}
     config["config"] = [str(path) for path in config.get("config") or []]
-    check_ranges(config)
     return config
 
 

@@ -14,6 +14,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
 from cifar_lit.models import resnet18
+from cifar_lit.option_types import (
+    ClosedUnitInterval,
+    Fraction,
+    FractionBelowOne,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+)
 from cifar_lit.optim import build_scheduler, build_sgd
 from cifar_lit.warmup import run_every_shape
 
@@ -49,18 +57,18 @@ class CIFARClassifier(pl.LightningModule):
     def __init__(
         self,
         num_classes: int = 10,
-        lr: float = 0.2,
-        lr_reference_batch_size: int | None = 256,
-        momentum: float = 0.9,
+        lr: PositiveFloat = 0.2,
+        lr_reference_batch_size: PositiveInt | None = 256,
+        momentum: FractionBelowOne = 0.9,
         nesterov: bool = True,
-        weight_decay: float = 5e-4,
-        norm_bias_weight_decay: float = 0.0,
-        norm_bias_lr_scale: float = 1.0,
-        label_smoothing: float = 0.1,
+        weight_decay: NonNegativeFloat = 5e-4,
+        norm_bias_weight_decay: NonNegativeFloat = 0.0,
+        norm_bias_lr_scale: NonNegativeFloat = 1.0,
+        label_smoothing: FractionBelowOne = 0.1,
         schedule: Literal["onecycle", "linear", "cosine", "constant"] = "onecycle",
-        warmup_fraction: float = 0.25,
-        lr_start_factor: float = 0.04,
-        lr_end_factor: float = 0.0,
+        warmup_fraction: FractionBelowOne = 0.25,
+        lr_start_factor: Fraction = 0.04,
+        lr_end_factor: ClosedUnitInterval = 0.0,
         flip_tta: bool = False,
         channels_last: bool = True,
         compile: bool = False,

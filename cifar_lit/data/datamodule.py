@@ -33,6 +33,7 @@ from cifar_lit.data.sources import (
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.errors import DataError
 from cifar_lit.lightning_compat import epochs_trained
+from cifar_lit.option_types import NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +97,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self,
         data_dir: str = "data",
         download: bool = True,
-        batch_size: int = 256,
-        eval_batch_size: int = 1000,
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt = 1000,
         data_path: Literal["tensor", "pil"] = "tensor",
-        crop_padding: int = 4,
+        crop_padding: NonNegativeInt = 4,
         flip: bool = True,
-        cutout: int = 0,
-        val_split: int = 0,
+        cutout: NonNegativeInt = 0,
+        val_split: NonNegativeInt = 0,
         seed: int = 0,
-        num_workers: int = 4,
+        num_workers: NonNegativeInt = 4,
         verify_checksums: bool = True,
         cache_dir: str | None = None,
         data_on_device: bool = True,

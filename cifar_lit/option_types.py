@@ -1,0 +1,67 @@
+"""The allowed values of the training options, as types on the constructor signatures.
+
+jsonargparse checks a value against its annotation when it parses flags and config files, and `--help` shows the
+type, so the range of an option lives beside its default. `ALLOWED` says each range in words for error messages.
+Parsed values come back as instances of these int/float subclasses; `cifar_lit.config` turns them into plain
+numbers, so configs and checkpoints hold only built-in types.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal, Union
+
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+
+Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)],
+                                  docstring="A fraction in (0, 1], e.g. 0.85 for 85%.")
+FractionBelowOne = restricted_number_type("FractionBelowOne", float, [(">=", 0), ("<", 1)],
+                                          docstring="A number in [0, 1).")
+
+ALLOWED: dict[Any, str] = {
+    PositiveInt: "an integer >= 1",
+    NonNegativeInt: "an integer >= 0",
+    PositiveFloat: "a number > 0",
+    NonNegativeFloat: "a number >= 0",
+    Fraction: "a fraction in (0, 1], e.g. 0.85 for 85%",
+    FractionBelowOne: "a number in [0, 1)",
+    ClosedUnitInterval: "a fraction in [0, 1]",
+    OpenUnitInterval: "a number in (0, 1), e.g. 0.999",
+}
+
+__all__ = ["ALLOWED", "ClosedUnitInterval", "Fraction", "FractionBelowOne", "NonNegativeFloat", "NonNegativeInt",
+           "OpenUnitInterval", "PositiveFloat", "PositiveInt", "allowed_values", "plain"]
+
+
+def allowed_values(annotation: Any) -> str | None:
+    """What `annotation` accepts, in words ("an integer >= 1", "one of tensor, pil"); None for unrestricted types."""
+    if annotation in ALLOWED:
+        return ALLOWED[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(str(arg) for arg in args)
+    if origin in (Union, types.UnionType):
+        described = [allowed_values(arg) for arg in args if arg is not type(None)]
+        if len(described) == 1 and described[0] is not None:
+            return described[0] + (" (or null)" if type(None) in args else "")
+    return None
+
+
+def plain(value: Any) -> Any:
+    """A parsed value as a built-in type: the restricted int/float subclasses become int and float."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
