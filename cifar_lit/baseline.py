@@ -68,7 +68,7 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     mean, std = channel_tensor(CIFAR10_MEAN, device), channel_tensor(CIFAR10_STD, device)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
 
-    model = resnet18().to(device, memory_format=memory_format)
+    model = resnet18(width=config["width"]).to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     forward_context = _autocast(device, precision)
     warmup_seconds = 0.0

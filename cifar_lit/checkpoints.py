@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,15 @@ class OrderedAsyncCheckpointIO(AsyncCheckpointIO):
         queue_after_pending_saves(self, lambda: self.checkpoint_io.remove_checkpoint(path))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint loaded with `weights_only=True`: tensors and plain data only, nothing that runs on unpickling."""
+def load_checkpoint(path: Path, resuming: bool = True) -> dict[str, Any]:
+    """A checkpoint loaded with `weights_only=True`: tensors and plain data only, nothing that runs on unpickling.
+    `resuming` adds `--resume last` to the hint for a missing file."""
     path = Path(path)
     if not path.is_file():
+        last = ", or --resume last for the newest one under --logdir" if resuming else ""
         raise CheckpointError(
             f"The checkpoint {path} does not exist. Give the path of a .ckpt file written by train.py (they are in "
-            f"<logdir>/version_N/{CHECKPOINT_FOLDER}/), or --resume last for the newest one under --logdir."
+            f"<logdir>/version_N/{CHECKPOINT_FOLDER}/){last}."
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -108,12 +111,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def check_compatible(checkpoint: dict[str, Any], path: Path, reference: dict[str, torch.Tensor]) -> None:
-    """Refuse a checkpoint of another model or class count with a message instead of a shape traceback."""
+MAX_WIDTH = 1024  # widest network a checkpoint may ask for: a crafted width must not allocate gigabytes
+
+
+def saved_width(checkpoint: dict[str, Any], default: int) -> int | None:
+    """The network width a checkpoint was trained with (`default` for runs that predate the option); None when it
+    is not a plausible width."""
+    width = (checkpoint.get("hyper_parameters") or {}).get("width", default)
+    return width if isinstance(width, int) and not isinstance(width, bool) and 0 < width <= MAX_WIDTH else None
+
+
+def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Callable[[int], dict[str, Any]],
+                     default_width: int, use: str = "resume from") -> None:
+    """Refuse a checkpoint of another model, width or class count with a message instead of a shape traceback.
+
+    `reference_state(width)` gives the state dict of a fresh network of that width to compare shapes with; `use`
+    says what the user wanted to do with the checkpoint ("resume from", "evaluate").
+    """
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by cifar_lit's train.py (it has no "
-                              "state_dict). Use a .ckpt file from <logdir>/version_N/checkpoints/.")
+                              f"state_dict). To {use.split()[0]} a run, use a .ckpt file from "
+                              "<logdir>/version_N/checkpoints/.")
+    width = saved_width(checkpoint, default_width)
+    if width is None:
+        raise CheckpointError(f"{path} names a network width of {checkpoint['hyper_parameters'].get('width')!r}, "
+                              f"which is not an integer from 1 to {MAX_WIDTH}; it was not written by cifar_lit. "
+                              f"Use a checkpoint of a cifar_lit run to {use}.")
+    reference = reference_state(width)
     reference = {key: value for key, value in reference.items() if key.startswith("model.")}  # the network itself
     missing = [key for key in reference if key not in state]
     unexpected = [key for key in state if key.startswith("model.") and key not in reference]
@@ -134,7 +159,7 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference: dict[str
         )
         raise CheckpointError(
             f"{path} does not hold the 10-class CIFAR ResNet18 this project trains ({details}). It comes from "
-            "another model or class count; resume from a checkpoint of a cifar_lit run instead."
+            f"another model or class count; {use} a checkpoint of a cifar_lit run instead."
         )
 
 

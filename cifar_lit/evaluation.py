@@ -16,6 +16,7 @@ from cifar_lit.checkpoints import check_compatible, load_checkpoint
 from cifar_lit.data.augment import channel_tensor, normalize
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.errors import DataError
+from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.module import CIFARClassifier
 
 
@@ -33,8 +34,8 @@ class TrainedModel:
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Weights-only load, refused with a message when unsafe, unreadable, or another model."""
     path = Path(path)
-    checkpoint = load_checkpoint(path)
-    check_compatible(checkpoint, path, CIFARClassifier().state_dict())
+    checkpoint = load_checkpoint(path, resuming=False)
+    check_compatible(checkpoint, path, CIFARClassifier.network_state, RESNET18_WIDTH, use="evaluate")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     known = inspect.signature(CIFARClassifier.__init__).parameters
     module = CIFARClassifier(**{k: v for k, v in hparams.items() if k in known and k != "compile"})

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
 from cifar_lit.models import resnet18
+from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.option_types import (
     ClosedUnitInterval,
     Fraction,
@@ -34,6 +35,8 @@ class CIFARClassifier(pl.LightningModule):
 
     Args:
         num_classes: output classes.
+        width: channels of the network's first stage (doubled in each later one). 64 is the ResNet18 this project
+            trains, 11,173,962 parameters; narrower networks of the same shape are for quick tests.
         lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
         lr_reference_batch_size: the peak LR is scaled linearly with the global batch (batch size per device x
             devices x nodes) relative to this many images (Goyal et al., 2017); null uses `lr` as it is.
@@ -57,6 +60,7 @@ class CIFARClassifier(pl.LightningModule):
     def __init__(
         self,
         num_classes: int = 10,
+        width: PositiveInt = RESNET18_WIDTH,
         lr: PositiveFloat = 0.2,
         lr_reference_batch_size: PositiveInt | None = 256,
         momentum: FractionBelowOne = 0.9,
@@ -76,7 +80,7 @@ class CIFARClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = resnet18(num_classes=num_classes)
+        self.model = resnet18(num_classes=num_classes, width=width)
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         for stage in STAGES:
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False))
@@ -96,6 +100,11 @@ class CIFARClassifier(pl.LightningModule):
         self.warmup_seconds = 0.0
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
+
+    @staticmethod
+    def network_state(width: int) -> dict[str, torch.Tensor]:
+        """The state dict of a fresh module with a network of `width`: the shapes a checkpoint must match."""
+        return CIFARClassifier(width=width).state_dict()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

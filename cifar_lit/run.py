@@ -53,6 +53,7 @@ from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import ConfigError, UserError
 from cifar_lit.files import write_text_atomic
 from cifar_lit.lightning_compat import epochs_completed, is_lightning_sigterm
+from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.provenance import command_line, device_description, git_commit, versions
 
@@ -307,7 +308,7 @@ def train(argv: Sequence[str], started: float) -> int:
         logdir = Path(config["logdir"])
         checkpoint_path = find_last_checkpoint(logdir) if config["resume"] == "last" else Path(config["resume"])
         checkpoint = load_checkpoint(checkpoint_path)
-        check_compatible(checkpoint, checkpoint_path, CIFARClassifier().state_dict())
+        check_compatible(checkpoint, checkpoint_path, CIFARClassifier.network_state, RESNET18_WIDTH)
         run_dir = run_dir_of(checkpoint_path)
         saved_config = run_dir / "config.yaml" if run_dir else None
         if saved_config is not None and saved_config.is_file():

@@ -35,5 +35,12 @@ def test_projection_shortcuts_only_where_shape_changes():
     assert projections == ["layer2.0.shortcut", "layer3.0.shortcut", "layer4.0.shortcut"]
 
 
+def test_a_narrow_network_keeps_the_shape_and_scales_the_channels():
+    narrow, full = resnet18(width=8), resnet18()
+    assert [name for name, _ in narrow.named_parameters()] == [name for name, _ in full.named_parameters()]
+    assert narrow.conv1.out_channels == 8 and narrow.linear.in_features == 64
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_class_count_changes_only_the_classifier():
     assert resnet18(num_classes=100).linear.out_features == 100

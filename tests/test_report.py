@@ -107,6 +107,7 @@ def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
     assert evaluate([*argv, "--gpus", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+    assert "resum" not in err  # evaluate.py's messages speak of evaluating, not of resuming
 
 
 @pytest.mark.slow

@@ -114,7 +114,10 @@ def expect_clean_error(argv, capsys, logdir, *fragments):
     "flag, value, fragment",
     [
         ("--max-epochs", "0", "--max-epochs (config key 'max_epochs') is 0"),
-        ("--target-acc", "0", "--target-acc (config key 'target_acc') is 0.0"),
+        ("--target-acc", "0", "--target-acc (config key 'target_acc') is 0, but it must be a fraction in (0, 1]"),
+        ("--max-epochs", "x", "--max-epochs (config key 'max_epochs') is x, but it must be an integer >= 1"),
+        ("--limit-train-batches", "0", "is 0, but it must be an integer >= 1 (or null)"),
+        ("--precision", "fp8", "must be one of bf16-mixed, 16-mixed"),
         ("--target-acc", "1.5", "fraction in (0, 1]"),
         ("--batch-size", "0", "--batch-size (config key 'batch_size') is 0"),
         ("--lr", "-1", "--lr"),
@@ -171,6 +174,13 @@ def test_checkpoint_of_another_model(tiny_flags, tmp_path, capsys):
                other)
     expect_clean_error([*tiny_flags, "--resume", str(other)], capsys, tmp_path / "logs",
                        "does not hold the 10-class CIFAR ResNet18", "model.linear.weight (100, 512)")
+
+
+def test_checkpoint_with_an_implausible_width_is_refused_before_building_it(tiny_flags, tmp_path, capsys):
+    crafted = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.6", "hyper_parameters": {"width": 10**7}}, crafted)
+    expect_clean_error([*tiny_flags, "--resume", str(crafted)], capsys, tmp_path / "logs",
+                       "names a network width of 10000000", "not written by cifar_lit")
 
 
 def test_resume_last_without_any_run(tiny_flags, tmp_path, capsys):

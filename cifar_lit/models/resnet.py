@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-STAGE_WIDTHS = (64, 128, 256, 512)
+RESNET18_WIDTH = 64  # channels of the first stage; the other three stages double it each time (128, 256, 512)
+STAGE_WIDTH_FACTORS = (1, 2, 4, 8)
 STAGE_STRIDES = (1, 2, 2, 2)
 BLOCKS_PER_STAGE = 2
 
@@ -43,21 +44,27 @@ class ResidualBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Stem conv, four stages of residual blocks, global average pool and a linear classifier; returns logits."""
+    """Stem conv, four stages of residual blocks, global average pool and a linear classifier; returns logits.
 
-    def __init__(self, blocks_per_stage: int = BLOCKS_PER_STAGE, num_classes: int = 10) -> None:
+    `width` is the first stage's channel count. 64 is the ResNet18 this project trains; a narrower network of the
+    same topology (the tests use 8) costs about (64 / width)^2 times less compute.
+    """
+
+    def __init__(self, blocks_per_stage: int = BLOCKS_PER_STAGE, num_classes: int = 10,
+                 width: int = RESNET18_WIDTH) -> None:
         super().__init__()
-        self.conv1 = conv3x3(3, STAGE_WIDTHS[0])
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
+        stage_widths = [width * factor for factor in STAGE_WIDTH_FACTORS]
+        self.conv1 = conv3x3(3, width)
+        self.bn1 = nn.BatchNorm2d(width)
         stages = []
-        in_channels = STAGE_WIDTHS[0]
-        for width, stride in zip(STAGE_WIDTHS, STAGE_STRIDES):
-            blocks = [ResidualBlock(in_channels, width, stride)]
-            blocks += [ResidualBlock(width, width) for _ in range(blocks_per_stage - 1)]
+        in_channels = width
+        for out_channels, stride in zip(stage_widths, STAGE_STRIDES, strict=True):
+            blocks = [ResidualBlock(in_channels, out_channels, stride)]
+            blocks += [ResidualBlock(out_channels, out_channels) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
-            in_channels = width
+            in_channels = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(STAGE_WIDTHS[-1], num_classes)
+        self.linear = nn.Linear(stage_widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -66,6 +73,6 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def resnet18(num_classes: int = 10) -> CifarResNet:
-    """The CIFAR ResNet18: two blocks per stage."""
-    return CifarResNet(blocks_per_stage=2, num_classes=num_classes)
+def resnet18(num_classes: int = 10, width: int = RESNET18_WIDTH) -> CifarResNet:
+    """The CIFAR ResNet18: two blocks per stage (11,173,962 parameters at the default width)."""
+    return CifarResNet(blocks_per_stage=2, num_classes=num_classes, width=width)
