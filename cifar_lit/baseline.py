@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from cifar_lit.data.augment import augment_batch, channel_tensor, normalize
-from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import load_split
+from cifar_lit.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.models import resnet18
 from cifar_lit.optim import build_scheduler, build_sgd
 from cifar_lit.warmup import run_every_shape
@@ -35,16 +36,20 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             batch_size: int, forward_context: Any, memory_format: torch.memory_format) -> float:
-    """Top-1 accuracy on uint8 images held on the model's device."""
+             batch_size: int, forward_context: Any, memory_format: torch.memory_format,
+             flip_tta: bool = False) -> dict[str, torch.Tensor]:
+    """The evaluation of uint8 images held on the model's device, by the same step as the Trainer's validation
+    (cifar_lit.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    sums = EvaluationSums(len(CIFAR10_CLASSES)).to(labels.device)
     for start in range(0, len(labels), batch_size):
         batch = normalize(images[start : start + batch_size], mean, std).contiguous(memory_format=memory_format)
         with forward_context():
-            correct += (model(batch).argmax(1) == labels[start : start + batch_size]).sum()
+            batch_sums, _ = evaluate_batch(model, batch, labels[start : start + batch_size], len(CIFAR10_CLASSES),
+                                           flip_tta)
+        sums.update(batch_sums)
     model.train()
-    return int(correct) / len(labels)
+    return sums.compute()
 
 
 def bare_training_run(config: dict[str, Any], device: str | torch.device, precision: str) -> dict[str, Any]:
@@ -115,8 +120,8 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
             images_seen += len(labels)
         synchronize()
         train_seconds += time.perf_counter() - epoch_start
-        accuracy = evaluate(model, test_images, test_labels, mean, std, config["eval_batch_size"], forward_context,
-                            memory_format)
+        accuracy = float(evaluate(model, test_images, test_labels, mean, std, config["eval_batch_size"],
+                                  forward_context, memory_format)["acc"])
         accuracies.append(accuracy)
         if reached_epoch is None and accuracy >= config["target_acc"]:
             reached_epoch, reached_seconds = epoch + 1, time.perf_counter() - start

@@ -16,6 +16,7 @@ from cifar_lit.checkpoints import check_compatible, load_checkpoint
 from cifar_lit.data.augment import channel_tensor, normalize
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.errors import DataError
+from cifar_lit.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.module import CIFARClassifier
 
@@ -52,40 +53,45 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> Traine
     )
 
 
+def model_inputs(model: TrainedModel, images: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 NHWC images as the normalized NCHW batch the network takes."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+    return normalize(batch, channel_tensor(model.mean, device), channel_tensor(model.std, device))
+
+
 @torch.inference_mode()
-def predict_probabilities(model: TrainedModel, images: np.ndarray, batch_size: int = 500, flip_tta: bool = False,
-                          device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 NHWC images; with `flip_tta` the mean over the image and its mirror."""
-    mean, std = channel_tensor(model.mean, device), channel_tensor(model.std, device)
-    out = []
+def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
+                    flip_tta: bool = False, device: torch.device | str = "cpu") -> tuple[dict[str, Any], np.ndarray]:
+    """Accuracy, loss, per-class accuracy and confusion matrix (and flip-TTA accuracy) of uint8 NHWC images, by the
+    evaluation step the Trainer's validation and test use (cifar_lit.metrics); and each image's predicted class."""
+    classes = len(CIFAR10_CLASSES)
+    sums = EvaluationSums(classes).to(device)
+    predictions = [torch.zeros(0, dtype=torch.long)]
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
-        inputs = normalize(batch.to(device), mean, std)
-        probabilities = F.softmax(model.module(inputs).float(), dim=1)
-        if flip_tta:
-            probabilities = (probabilities + F.softmax(model.module(inputs.flip(-1)).float(), dim=1)) / 2
-        out.append(probabilities.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(CIFAR10_CLASSES)), dtype=np.float32)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = len(CIFAR10_CLASSES)) -> np.ndarray:
-    """Counts of (true row, predicted column)."""
-    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
-
-
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy and confusion matrix of predicted probabilities."""
-    predictions = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(labels, predictions)
-    per_class = matrix.diagonal() / matrix.sum(axis=1).clip(min=1)
-    picked = probabilities[np.arange(len(labels)), labels].clip(min=1e-12)
-    return {
-        "images": int(len(labels)),
-        "accuracy": float((predictions == labels).mean()),
-        "loss": float(-np.log(picked).mean()),
-        "per_class_accuracy": {name: float(v) for name, v in zip(CIFAR10_CLASSES, per_class)},
-        "confusion_matrix": matrix.tolist(),
+        inputs = model_inputs(model, images[start : start + batch_size], device)
+        targets = torch.from_numpy(np.asarray(labels[start : start + batch_size], dtype=np.int64)).to(device)
+        batch_sums, batch_predictions = evaluate_batch(model.module, inputs, targets, classes, flip_tta)
+        sums.update(batch_sums)
+        predictions.append(batch_predictions.cpu())
+    results = sums.compute()
+    metrics: dict[str, Any] = {
+        "images": int(results["images"]),
+        "accuracy": float(results["acc"]),
+        "loss": float(results["loss"]),
+        "per_class_accuracy": dict(zip(CIFAR10_CLASSES, results["per_class"].tolist(), strict=True)),
+        "confusion_matrix": results["confusion"].tolist(),
     }
+    if flip_tta:
+        metrics["accuracy_flip_tta"] = float(results["acc_tta"])
+    return metrics, torch.cat(predictions).numpy()
+
+
+@torch.inference_mode()
+def predict_probabilities(model: TrainedModel, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities (N, 10) of the user's own uint8 NHWC images."""
+    if len(images) == 0:
+        return np.zeros((0, len(CIFAR10_CLASSES)), dtype=np.float32)
+    return F.softmax(model.module(model_inputs(model, images, device)).float(), dim=1).cpu().numpy()
 
 
 def read_user_image(path: Path) -> np.ndarray:

@@ -8,13 +8,12 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
+from cifar_lit.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
 from cifar_lit.models import resnet18
 from cifar_lit.models.resnet import RESNET18_WIDTH
+from cifar_lit.optim import build_scheduler, build_sgd
 from cifar_lit.option_types import (
     ClosedUnitInterval,
     Fraction,
@@ -23,11 +22,9 @@ from cifar_lit.option_types import (
     PositiveFloat,
     PositiveInt,
 )
-from cifar_lit.optim import build_scheduler, build_sgd
 from cifar_lit.warmup import run_every_shape
 
 log = logging.getLogger(__name__)
-STAGES = ("train", "val", "test")
 
 
 class CIFARClassifier(pl.LightningModule):
@@ -82,21 +79,19 @@ class CIFARClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = resnet18(num_classes=num_classes, width=width)
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        for stage in STAGES:
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False))
-            # no NaN check inside the metric (its `.any()` would stall the GPU queue every step): the
-            # NonFiniteLossGuard callback watches the loss without a host sync.
-            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
-        # The running sums of the training metrics go into checkpoints, so an epoch resumed from a mid-epoch
-        # checkpoint reports the same train/acc and train/loss as an uninterrupted one.
+        # Training: running accuracy and loss, one addition each per step (cifar_lit.metrics). Their sums go into
+        # checkpoints, so an epoch resumed from a mid-epoch checkpoint reports what an uninterrupted one would.
+        self.train_acc = RunningMean()
+        self.train_loss = RunningMean()
         self.train_acc.persistent(True)
         self.train_loss.persistent(True)
         self._fresh_train_metrics = False
-        self.val_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
-        self.confusion: dict[str, torch.Tensor] = {}
+        # Validation and test: everything an evaluation reports, from one vector of sums per batch.
+        self.val_sums = EvaluationSums(num_classes)
+        self.test_sums = EvaluationSums(num_classes)
+        # The last evaluation of each stage (accuracy, loss, per-class accuracy, confusion matrix), on the device:
+        # the figure callbacks copy it to the host only when they draw.
+        self.evaluation: dict[str, dict[str, torch.Tensor]] = {}
         self.warmup_seconds = 0.0
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
@@ -140,32 +135,23 @@ class CIFARClassifier(pl.LightningModule):
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         images, labels = batch
-        logits = self(images)
         if stage == "train":
+            logits = self(images)
             loss = self.train_criterion(logits, labels)
-        else:
-            loss = F.cross_entropy(logits, labels)
-        preds = logits.argmax(dim=1)
-        accuracy = getattr(self, f"{stage}_acc")
-        mean_loss = getattr(self, f"{stage}_loss")
-        accuracy.update(preds, labels)
-        # the weight is made on the device: a Python number would be copied from the host, a blocking copy
-        mean_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), labels.numel()))
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
-        if stage != "train":
-            getattr(self, f"{stage}_confusion").update(preds, labels)
-            if self.hparams.flip_tta:
-                tta_logits = (logits.float().softmax(1) + self(images.flip(-1)).float().softmax(1))
-                tta = getattr(self, f"{stage}_acc_tta")
-                tta.update(tta_logits.argmax(dim=1), labels)
-                self.log(f"{stage}/acc_tta", tta, on_step=False, on_epoch=True)
-        return {"loss": loss, "preds": preds}
+            sums = training_sums(logits, labels, loss)
+            self.train_acc.update(sums[0:2])
+            self.train_loss.update(sums[2:4])
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            return {"loss": loss}
+        sums, predictions = evaluate_batch(self, images, labels, self.hparams.num_classes, self.hparams.flip_tta)
+        getattr(self, f"{stage}_sums").update(sums)
+        return {"preds": predictions}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self._shared_step(batch, "train")
-        self.log("train/loss_step", out["loss"], on_step=True, on_epoch=False, prog_bar=True)
-        return out["loss"]
+        loss = self._shared_step(batch, "train")["loss"]
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._shared_step(batch, "val")
@@ -173,16 +159,22 @@ class CIFARClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._shared_step(batch, "test")
 
-    def _keep_confusion(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_confusion")
-        self.confusion[stage] = metric.compute().cpu()
+    def _log_evaluation(self, stage: str) -> None:
+        """Log `<stage>/acc`, `<stage>/loss` (and `<stage>/acc_tta`) and keep the whole evaluation for figures."""
+        metric = getattr(self, f"{stage}_sums")
+        results = metric.compute()  # summed over all processes
         metric.reset()
+        self.log(f"{stage}/acc", results["acc"], prog_bar=stage == "val")
+        self.log(f"{stage}/loss", results["loss"])
+        if self.hparams.flip_tta:
+            self.log(f"{stage}/acc_tta", results["acc_tta"])
+        self.evaluation[stage] = results
 
     def on_validation_epoch_end(self) -> None:
-        self._keep_confusion("val")
+        self._log_evaluation("val")
 
     def on_test_epoch_end(self) -> None:
-        self._keep_confusion("test")
+        self._log_evaluation("test")
 
     # --------------------------------------------------------------------------------------------- optimization
 

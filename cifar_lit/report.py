@@ -24,7 +24,7 @@ from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.data.sources import load_split
 from cifar_lit.errors import ConfigError, DataError, UserError
 from cifar_lit.evaluation import (
-    classification_metrics,
+    evaluate_images,
     load_trained_model,
     predict_probabilities,
     read_user_image,
@@ -87,13 +87,9 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
                  tta: bool) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
     test = load_split(data_dir, "test", verify_checksums=model.datamodule_hparams.get("verify_checksums", True))
-    probabilities = predict_probabilities(model, test.images, batch_size, device=device)
-    metrics = classification_metrics(probabilities, test.labels)
+    metrics, predictions = evaluate_images(model, test.images, test.labels, batch_size, flip_tta=tta, device=device)
     metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), device=device_description(device),
                    command=command_line(program="evaluate.py"), git_commit=git_commit(), versions=versions())
-    if tta:
-        tta_probabilities = predict_probabilities(model, test.images, batch_size, flip_tta=True, device=device)
-        metrics["accuracy_flip_tta"] = classification_metrics(tta_probabilities, test.labels)["accuracy"]
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
@@ -103,7 +99,6 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
                 out / "confusion_matrix.png")
     save_figure(per_class_accuracy_figure(per_class, CIFAR10_CLASSES, "Accuracy per class (test set)"),
                 out / "per_class_accuracy.png")
-    predictions = probabilities.argmax(axis=1)
     for kind, mask in (("misclassified", predictions != test.labels), ("correct", predictions == test.labels)):
         chosen = spread_over_classes(test.labels, mask, GRID_IMAGES)
         figure = prediction_grid_figure(test.images[chosen] / 255.0, test.labels[chosen].tolist(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 
 from cifar_lit.callbacks.image_grids import tensorboard_writer
@@ -16,7 +15,8 @@ from cifar_lit.plots import confusion_matrix_figure, figure_to_array, per_class_
 class ConfusionFigures(RunFolderCallback):
     """After validation (every `every_n_epochs`, 0: never) and after testing: `<stage>/confusion_matrix` and
     `<stage>/per_class_accuracy` images in TensorBoard; the test pair also as confusion_matrix.png and
-    per_class_accuracy.png in the run folder. Reads the confusion matrix the LightningModule keeps per stage."""
+    per_class_accuracy.png in the run folder. Reads the evaluation the LightningModule keeps per stage (on the
+    device) and copies it to the host only when a figure is due."""
 
     def __init__(self, class_names: Sequence[str], every_n_epochs: int = 1, run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
@@ -24,11 +24,11 @@ class ConfusionFigures(RunFolderCallback):
         self.every_n_epochs = every_n_epochs
 
     def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
-        matrix = getattr(pl_module, "confusion", {}).get(stage)
-        if matrix is None or not trainer.is_global_zero:
+        evaluation = getattr(pl_module, "evaluation", {}).get(stage)
+        if evaluation is None or not trainer.is_global_zero:
             return
-        matrix = np.asarray(matrix)
-        per_class = matrix.diagonal() / matrix.sum(axis=1).clip(min=1)
+        matrix = evaluation["confusion"].cpu().numpy()
+        per_class = evaluation["per_class"].cpu().numpy()
         when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
         figures = {
             "confusion_matrix": confusion_matrix_figure(matrix, self.class_names,
