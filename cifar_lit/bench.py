@@ -30,7 +30,7 @@ import torch
 from cifar_lit.baseline import bare_training_run
 from cifar_lit.config import parse_config
 from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
-from cifar_lit.run import resolve_hardware
+from cifar_lit.trainer import resolve_hardware
 
 
 class GpuBusySampler:

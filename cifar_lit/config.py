@@ -112,7 +112,8 @@ def build_parser() -> ArgumentParser:
 # conform to restriction v>0', or for an optional type '... Given value: 0'.
 _REFUSED_KEY = re.compile(r'Parser key "(\w+)"')
 _REFUSED_VALUE = re.compile(r"(?:Given value|Got value): (\S+)|Not of type \w+: (\S+) does not conform"
-                            r"|(?:invalid literal for int\(\) with base 10|could not convert string to float): '([^']*)'")
+                            r"|(?:invalid literal for int\(\) with base 10"
+                            r"|could not convert string to float): '([^']*)'")
 
 
 def range_message(error_text: str) -> str | None:

@@ -1,0 +1,104 @@
+"""summary.json: what a run achieved, on what, with which code and command, written after its final test."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from cifar_lit.callbacks.history import EpochHistory
+from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.callbacks.stop_at_target import StopAtTarget
+from cifar_lit.files import write_text_atomic
+from cifar_lit.provenance import device_description, versions
+
+TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
+HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
+
+
+class RunSummary(RunFolderCallback):
+    """Collects what fitting achieved when it ends (before testing loads the best checkpoint) and, after the
+    final test, writes `<run>/summary.json` and fills TensorBoard's HPARAMS tab with the config beside the results.
+
+    The summary is kept in `summary` for the caller's closing line (rank zero only).
+    """
+
+    def __init__(self, config: dict[str, Any], command: str, commit: str | None, started: float, timer: Timer,
+                 stop: StopAtTarget, best: ModelCheckpoint, history: EpochHistory,
+                 run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
+        self.config, self.command, self.commit, self.started = config, command, commit, started
+        self.timer, self.stop, self.best, self.history = timer, stop, best, history
+        self.facts: dict[str, Any] = {}
+        self.summary: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = trainer.strategy.root_device
+        best_score = self.best.best_model_score
+        self.facts = {
+            "best_val_acc": float(best_score) if best_score is not None else None,
+            "target_reached": self.stop.reached_epoch is not None,
+            "target_epoch": self.stop.reached_epoch,
+            "target_seconds": self.stop.reached_seconds,
+            "epochs_run": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "train_seconds": self.timer.time_elapsed("train"),
+            "warmup_seconds": getattr(pl_module, "warmup_seconds", 0.0),
+            "val_acc_per_epoch": [row.get("val_acc") for row in self.history.rows],
+            "images_per_second": self.history.steady_images_per_second(),
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "train_started_at": self.history.train_started_at,
+            "train_ended_at": self.history.train_ended_at,
+            "best_checkpoint": self.best.best_model_path or None,
+        }
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or self.run_dir is None:
+            return
+        metrics = trainer.callback_metrics
+        tested = {key: float(metrics[name]) if name in metrics else None for key, name in TEST_KEYS.items()}
+        facts = dict(self.facts)
+        summary = {
+            "best_val_acc": facts.pop("best_val_acc", None),
+            **tested,
+            "target_acc": self.config["target_acc"],
+            **facts,
+            "total_seconds": time.perf_counter() - self.started,
+            "device": device_description(trainer.strategy.root_device),
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+            "versions": versions(),
+            "git_commit": self.commit,
+            "command": self.command,
+            "run_dir": str(self.run_dir),
+            "config": self.config,
+        }
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self._log_hparams_view(trainer, summary)
+        self.summary = summary
+
+    def _log_hparams_view(self, trainer: pl.Trainer, summary: dict[str, Any]) -> None:
+        params = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                  for key, value in self.config.items()}
+        metrics = {f"hp/{key}": float(summary[key]) for key in HPARAM_METRICS if summary.get(key) is not None}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics)
+                logger.finalize("success")
+
+
+def closing_line(summary: dict[str, Any]) -> str:
+    """The one line train.py prints when a run is done."""
+    if summary["target_reached"]:
+        target = (f"target {summary['target_acc']:.0%} reached at epoch {summary['target_epoch']} after "
+                  f"{summary['target_seconds']:.1f} s of training")
+    else:
+        target = f"target {summary['target_acc']:.0%} not reached in {summary['epochs_run']} epoch(s)"
+    test = f"{summary['test_acc']:.2%}" if summary["test_acc"] is not None else "n/a"
+    return f"Done: test accuracy {test} (best checkpoint); {target}. Run folder: {summary['run_dir']}"

@@ -1,0 +1,64 @@
+"""Which folder a run writes into (`<logdir>/version_N`), checked to be writable before anything is written there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cifar_lit.checkpoints import CHECKPOINT_FOLDER
+from cifar_lit.errors import ConfigError
+
+RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
+
+
+def next_version_dir(logdir: Path) -> Path:
+    """The first free version_N folder, created now so no other run takes it."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in logdir.glob("version_*") if p.name.split("_")[1].isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:
+        candidate = logdir / f"version_{number}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write to the log folder {folder} ({error.strerror or error}). Choose a writable folder with "
+            "--logdir, or fix its permissions / free some disk space."
+        ) from None
+
+
+def launched_as_several_processes() -> bool:
+    """torchrun or SLURM started every rank already: no rank may pick a run folder alone."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def choose_run_dir(config: dict[str, Any], resumed_run_dir: Path | None) -> tuple[Path | None, bool]:
+    """(run folder, whether it was created now). None when nothing is written (fast-dev-run) or when the folder is
+    only known once Lightning has set up the processes (torchrun, SLURM: rank zero chooses it then)."""
+    if config["fast_dev_run"]:
+        return None, False
+    check_writable(Path(config["logdir"]))
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV]), False
+    if resumed_run_dir is not None or launched_as_several_processes():
+        return resumed_run_dir, False
+    return next_version_dir(Path(config["logdir"])), True
+
+
+def remove_if_unused(run_dir: Path | None, created: bool) -> None:
+    """Delete a run folder this process created when it holds no checkpoint (the run failed before training)."""
+    if created and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""The Trainer a config asks for: hardware and precision, the callbacks by role, the logger and the checkpoint IO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
+from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from cifar_lit.callbacks.figures import ConfusionFigures
+from cifar_lit.callbacks.history import EpochHistory
+from cifar_lit.callbacks.image_grids import PredictionGrids
+from cifar_lit.callbacks.run_folder import ConfigRecord
+from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLossGuard, StepCheckpoint
+from cifar_lit.callbacks.stop_at_target import StopAtTarget
+from cifar_lit.callbacks.summary import RunSummary
+from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
+from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.errors import ConfigError
+
+
+def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
+    """(accelerator, devices, precision) from --gpus or --accelerator/--devices, and --precision or its default."""
+    accelerator, devices = config["accelerator"], config["devices"]
+    gpus = config["gpus"]
+    if gpus is not None:
+        if gpus > 0 and torch.cuda.device_count() < gpus:
+            raise ConfigError(
+                f"--gpus {gpus} asks for {gpus} GPU(s), but PyTorch sees {torch.cuda.device_count()}. Use --gpus 0 "
+                "to train on the CPU, or run where the GPUs are visible (check CUDA_VISIBLE_DEVICES)."
+            )
+        accelerator, devices = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+    elif accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    precision = config["precision"] or ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
+    return accelerator, devices, precision
+
+
+def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
+                    command: str, commit: str | None, started: float) -> dict[str, Any]:
+    """The run's callbacks by role.
+
+    `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
+    the folder-writing callbacks then find it in `setup`.
+    """
+    timer = Timer(duration=None, verbose=False)
+    guard = NonFiniteLossGuard(
+        check_every_n_steps=1 if config["progress_bar"] else config["log_every_n_steps"],
+        checkpoint_every_n_steps=config["ckpt_every_n_steps"],
+    )
+    callbacks: dict[str, Any] = {
+        "timer": timer,
+        "stop": StopAtTarget(config["target_acc"], timer),
+        "guard": guard,
+    }
+    if config["progress_bar"]:
+        callbacks["progress"] = TQDMProgressBar(refresh_rate=10)
+    if config["ema_decay"]:
+        callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
+    if config["fast_dev_run"]:
+        return callbacks
+    checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
+    callbacks["record"] = ConfigRecord(config, run_dir)
+    callbacks["lr"] = LearningRateMonitor(logging_interval="step")
+    callbacks["history"] = EpochHistory(run_dir)
+    callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
+                                         run_dir)
+    callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
+    callbacks["best"] = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        monitor="val/acc", mode="max", save_top_k=1,
+    )
+    # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
+    # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
+    latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                  enable_version_counter=False)
+    callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
+    if config["ckpt_every_n_steps"]:
+        callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
+    callbacks["graceful"] = GracefulStop(guard, run_dir)
+    callbacks["summary"] = RunSummary(config, command, commit, started, timer, callbacks["stop"], callbacks["best"],
+                                      callbacks["history"], run_dir)
+    return callbacks
+
+
+def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Path | None) -> pl.Trainer:
+    accelerator, devices, precision = resolve_hardware(config)
+    logger: Any = False
+    if not config["fast_dev_run"]:
+        save_dir = run_dir.parent if run_dir is not None else Path(config["logdir"])
+        logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
+                                   default_hp_metric=False)
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=config["num_nodes"],
+        strategy=config["strategy"],
+        precision=precision,
+        max_epochs=config["max_epochs"],
+        limit_train_batches=config["limit_train_batches"],
+        logger=logger,
+        callbacks=list(callbacks.values()),
+        deterministic=config["deterministic"],
+        benchmark=not config["deterministic"],
+        log_every_n_steps=config["log_every_n_steps"],
+        enable_progress_bar=config["progress_bar"],
+        enable_checkpointing=not config["fast_dev_run"],
+        sync_batchnorm=config["sync_batchnorm"],
+        use_distributed_sampler=False,  # the DataModule shards every split itself, without padding
+        num_sanity_val_steps=config["sanity_val_steps"],
+        fast_dev_run=config["fast_dev_run"],
+        plugins=[OrderedAsyncCheckpointIO(AtomicCheckpointIO())],
+        default_root_dir=config["logdir"],
+    )
