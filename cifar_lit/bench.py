@@ -29,6 +29,7 @@ import torch
 
 from cifar_lit.baseline import bare_training_run
 from cifar_lit.config import parse_config
+from cifar_lit.phases import PHASES
 from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 from cifar_lit.trainer import resolve_hardware
 
@@ -117,6 +118,8 @@ def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[
         "images_per_second": summary.get("images_per_second"),
         "peak_gpu_memory_mb": summary.get("peak_gpu_memory_mb"),
         "gpu_busy_percent": sampler.mean_between(summary.get("train_started_at"), summary.get("train_ended_at")),
+        "total_seconds": summary.get("total_seconds"),
+        "phase_seconds": summary.get("phase_seconds") or {},
         "device": summary["device"],
     }
 
@@ -145,9 +148,11 @@ def markdown_table(record: dict[str, Any]) -> str:
         )
     summary = record["summary"]
 
-    def median_range(key: str, pattern: str = "{:.2f}") -> str:
-        part = summary[key]
+    def median_range_of(part: dict[str, Any], pattern: str) -> str:
         return f"{fmt(part['median'], pattern)} ({fmt(part['min'], pattern)}–{fmt(part['max'], pattern)})"
+
+    def median_range(key: str, pattern: str = "{:.2f}") -> str:
+        return median_range_of(summary[key], pattern)
 
     lines += [
         "",
@@ -155,6 +160,11 @@ def markdown_table(record: dict[str, Any]) -> str:
         f"wall seconds {median_range('wall_seconds', '{:.1f}')}; test accuracy {median_range('test_acc', '{:.4f}')} "
         f"(mean {fmt(summary['test_acc_mean'], '{:.4f}')}).",
     ]
+    phase_rows = summary.get("phase_seconds") or {}
+    if phase_rows:
+        lines += ["", "Where the seconds of a run go (summary.json `phase_seconds`), median (min–max) over the seeds:", "",
+                  "| phase | seconds |", "|---|---:|"]
+        lines += [f"| {name} | {median_range_of(part, '{:.2f}')} |" for name, part in phase_rows.items()]
     for name in ("bare_pytorch", "pil_data_path"):
         if record.get(name):
             part = record[name]
@@ -224,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_seconds", "peak_gpu_memory_mb", "gpu_busy_percent")
     record["summary"] = {key: spread([run[key] for run in runs]) for key in keys}
     record["summary"]["test_acc_mean"] = statistics.fmean([run["test_acc"] for run in runs])
+    record["summary"]["phase_seconds"] = {name: spread([run["phase_seconds"].get(name) for run in runs])
+                                          for name in PHASES}
     # The top-level fields the record format promises, as medians over the seeds.
     for key in keys:
         record[key] = record["summary"][key]["median"]

@@ -15,6 +15,7 @@ from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from cifar_lit.errors import CheckpointError
 from cifar_lit.files import remove_stale_temporaries, temporary_path
 from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_saves
+from cifar_lit.phases import phase
 
 LAST_NAME = "last.ckpt"
 CHECKPOINT_FOLDER = "checkpoints"
@@ -77,6 +78,10 @@ class OrderedAsyncCheckpointIO(AsyncCheckpointIO):
     def remove_checkpoint(self, path: Any) -> None:
         assert self.checkpoint_io is not None
         queue_after_pending_saves(self, lambda: self.checkpoint_io.remove_checkpoint(path))
+
+    def teardown(self) -> None:
+        with phase("checkpoints"):  # waits for the writes still queued
+            super().teardown()
 
 
 def load_checkpoint(path: Path, resuming: bool = True) -> dict[str, Any]:

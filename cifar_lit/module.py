@@ -22,6 +22,7 @@ from cifar_lit.option_types import (
     PositiveFloat,
     PositiveInt,
 )
+from cifar_lit.phases import phase
 from cifar_lit.warmup import run_every_shape
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,16 @@ class CIFARClassifier(pl.LightningModule):
     def warm_up(self) -> None:
         """Compile every batch shape of the fit now, so training (and its clock) starts with compiled code."""
         datamodule = self.trainer.datamodule
-        self.warmup_seconds = run_every_shape(
-            self.model,
-            datamodule.hparams.batch_size,
-            datamodule.eval_batch_sizes(),
-            self.train_criterion,
-            self.trainer.precision_plugin.forward_context,
-            channels_last=self.hparams.channels_last,
-            flip_tta=self.hparams.flip_tta,
-        )
+        with phase("warmup"):
+            self.warmup_seconds = run_every_shape(
+                self.model,
+                datamodule.hparams.batch_size,
+                datamodule.eval_batch_sizes(),
+                self.train_criterion,
+                self.trainer.precision_plugin.forward_context,
+                channels_last=self.hparams.channels_last,
+                flip_tta=self.hparams.flip_tta,
+            )
         log.info("Compile warm-up took %.1f s", self.warmup_seconds)
 
     # ------------------------------------------------------------------------------------------------- steps

@@ -11,12 +11,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 
+from cifar_lit import phases
 from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, StopRequested
 from cifar_lit.callbacks.summary import closing_line
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
@@ -25,6 +25,7 @@ from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import UserError
 from cifar_lit.lightning_compat import is_lightning_sigterm
 from cifar_lit.module import CIFARClassifier
+from cifar_lit.phases import PhaseClock
 from cifar_lit.provenance import command_line, git_commit
 from cifar_lit.resume import plan_resume
 from cifar_lit.run_dir import RUN_DIR_ENV, choose_run_dir, remove_if_unused
@@ -35,7 +36,7 @@ EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 
 
-def train(argv: Sequence[str], started: float) -> int:
+def train(argv: Sequence[str], clock: PhaseClock) -> int:
     commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
     config = parse_config(argv)
     plan = plan_resume(config, argv) if config["resume"] else None
@@ -49,12 +50,13 @@ def train(argv: Sequence[str], started: float) -> int:
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, config))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
+    datamodule.setup("fit")
     resolve_hardware(config)  # refuses --gpus N without N GPUs before any run folder exists
     model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
 
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
-    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, started)
+    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock)
     previous_env = os.environ.get(RUN_DIR_ENV)
     try:
         trainer = build_trainer(config, callbacks, run_dir)
@@ -108,6 +110,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
         print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
         return 0
     summary = callbacks["summary"]
+    callbacks["phases"].clock.switch("test")
     trainer.test(model, datamodule=datamodule, ckpt_path=summary.facts["best_checkpoint"], weights_only=True)
     if summary.summary is not None:
         print(closing_line(summary.summary))
@@ -119,11 +122,15 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    started = time.perf_counter()
+def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
+    """`started`: when the process began (train.py passes the time before its imports); default now."""
+    clock = PhaseClock(started)
+    phases.activate(clock)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return train(list(sys.argv[1:] if argv is None else argv), started)
+        return train(list(sys.argv[1:] if argv is None else argv), clock)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        phases.activate(None)

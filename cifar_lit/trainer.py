@@ -7,21 +7,24 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, Timer, TQDMProgressBar
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from cifar_lit.callbacks.checkpointing import PhasedCheckpoint, StepCheckpoint
 from cifar_lit.callbacks.figures import ConfusionFigures
 from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.image_grids import PredictionGrids
+from cifar_lit.callbacks.phases import PhaseTimer
 from cifar_lit.callbacks.run_folder import ConfigRecord
-from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLossGuard, StepCheckpoint
+from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLossGuard
 from cifar_lit.callbacks.stop_at_target import StopAtTarget
 from cifar_lit.callbacks.summary import RunSummary
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import ConfigError
+from cifar_lit.phases import PhaseClock
 
 
 def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
@@ -43,7 +46,7 @@ def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
-                    command: str, commit: str | None, started: float) -> dict[str, Any]:
+                    command: str, commit: str | None, clock: PhaseClock) -> dict[str, Any]:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -55,6 +58,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         checkpoint_every_n_steps=config["ckpt_every_n_steps"],
     )
     callbacks: dict[str, Any] = {
+        "phases": PhaseTimer(clock),
         "timer": timer,
         "stop": StopAtTarget(config["target_acc"], timer),
         "guard": guard,
@@ -72,7 +76,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
                                          run_dir)
     callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
-    callbacks["best"] = ModelCheckpoint(
+    callbacks["best"] = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor="val/acc", mode="max", save_top_k=1,
     )
@@ -80,11 +84,11 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
     latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                   enable_version_counter=False)
-    callbacks["last"] = ModelCheckpoint(**latest, every_n_epochs=1)
+    callbacks["last"] = PhasedCheckpoint(**latest, every_n_epochs=1)
     if config["ckpt_every_n_steps"]:
         callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
     callbacks["graceful"] = GracefulStop(guard, run_dir)
-    callbacks["summary"] = RunSummary(config, command, commit, started, timer, callbacks["stop"], callbacks["best"],
+    callbacks["summary"] = RunSummary(config, command, commit, clock, timer, callbacks["stop"], callbacks["best"],
                                       callbacks["history"], run_dir)
     return callbacks
 

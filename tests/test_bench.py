@@ -4,6 +4,7 @@ import pytest
 
 from cifar_lit.bench import main
 from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
+from cifar_lit.phases import PHASES
 
 RECORD_FIELDS = {"device", "preset", "target_acc", "reached", "train_seconds_to_target", "wall_seconds",
                  "epochs_to_target", "test_acc", "images_per_second", "seeds", "command", "git_commit", "versions"}
@@ -30,3 +31,9 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     assert record["pil_data_path"]["images_per_second"] > 0
     assert set(record["ratios"]) == {"lightning_over_bare_images_per_second", "tensor_over_pil_images_per_second"}
     assert "| seed |" in record_path.with_suffix(".md").read_text()
+    phases = record["summary"]["phase_seconds"]
+    assert set(phases) == set(PHASES) and phases["train"]["min"] > 0 and phases["train"]["max"] >= phases["train"]["min"]
+    for run in record["runs"]:
+        assert sum(run["phase_seconds"].values()) == pytest.approx(run["total_seconds"], rel=0.03)
+        assert run["total_seconds"] <= run["wall_seconds"]
+    assert "| train |" in record_path.with_suffix(".md").read_text()

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit import checkpoints, run
+from cifar_lit.callbacks.history import read_history_csv
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.run import main
 
@@ -234,6 +235,10 @@ def test_signal_saves_a_checkpoint_and_resume_continues(noisy_flags, tmp_path, s
     assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["global_steps"] == 30
+    # the epoch cut by the signal reports the time of both processes, not the gap between them (or the uptime)
+    epoch_seconds = [row["epoch_seconds"] for row in read_history_csv(only_run(logdir) / "metrics.csv")]
+    assert len(epoch_seconds) == 3 and all(0 < seconds < summary["total_seconds"] for seconds in epoch_seconds)
+    assert summary["total_seconds"] >= summary["train_seconds"]
 
 
 # ------------------------------------------------------------------------------------------- targets on resume

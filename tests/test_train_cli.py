@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
+from cifar_lit.phases import PHASES
 from cifar_lit.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +56,18 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,train_acc") and len(rows) == summary["epochs_run"] + 1
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["target_acc"] == 0.9
+    phases = summary["phase_seconds"]
+    assert list(phases) == list(PHASES) and all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) == pytest.approx(summary["total_seconds"], rel=0.03)
+    assert all(phases[name] > 0 for name in PHASES if name != "warmup"), phases  # no compile, no warm-up
+    assert summary["process"]["total_seconds"] == pytest.approx(summary["total_seconds"])  # one process
 
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/acc", "train/loss", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
     assert any(tag.startswith("lr") for tag in scalars)
+    assert {f"phases/{name}" for name in PHASES} <= scalars
     assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.9 - REACHED_TOLERANCE
     image_tags = events.Tags()["images"]
     assert "val/misclassified" in image_tags and "test/misclassified" in image_tags and "val/correct" in image_tags
@@ -84,6 +91,12 @@ def test_resume_last_carries_on_epochs_steps_and_history(tiny_flags, tmp_path):
     assert last["global_step"] == 30 and last["epoch"] == 2
     assert last["lr_schedulers"][0]["last_epoch"] == 30
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3
+    # durations after a resume: the run's totals cover both processes, the process block only this one
+    assert summary["total_seconds"] >= summary["train_seconds"] > 0
+    assert sum(summary["phase_seconds"].values()) == pytest.approx(summary["total_seconds"], rel=0.03)
+    assert 0 < summary["process"]["total_seconds"] < summary["total_seconds"]
+    for name, seconds in summary["process"]["phase_seconds"].items():
+        assert seconds <= summary["phase_seconds"][name] + 1e-9, name
 
 
 @pytest.mark.slow

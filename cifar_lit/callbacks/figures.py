@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 
 from cifar_lit.callbacks.image_grids import tensorboard_writer
 from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.phases import phase
 from cifar_lit.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
 
 
@@ -27,6 +29,10 @@ class ConfusionFigures(RunFolderCallback):
         evaluation = getattr(pl_module, "evaluation", {}).get(stage)
         if evaluation is None or not trainer.is_global_zero:
             return
+        with phase("reports"):
+            self._draw(trainer, evaluation, stage, save_png)
+
+    def _draw(self, trainer: pl.Trainer, evaluation: dict[str, Any], stage: str, save_png: bool) -> None:
         matrix = evaluation["confusion"].cpu().numpy()
         per_class = evaluation["per_class"].cpu().numpy()
         when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"

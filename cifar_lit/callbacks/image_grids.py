@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.phases import phase
 from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
 
 KINDS = ("misclassified", "correct")
@@ -73,8 +74,12 @@ class PredictionGrids(RunFolderCallback):
         return images, torch.cat([p[1] for p in parts]).tolist(), torch.cat([p[2] for p in parts]).tolist()
 
     def _publish(self, trainer: pl.Trainer, stage: str, save_png: bool) -> None:
-        if not self._active:
-            return
+        if self._active:
+            with phase("reports"):
+                self._draw(trainer, stage, save_png)
+        self._active = False
+
+    def _draw(self, trainer: pl.Trainer, stage: str, save_png: bool) -> None:
         writer = tensorboard_writer(trainer)
         for kind in KINDS:
             images, true, pred = self._gathered(kind)
@@ -85,7 +90,6 @@ class PredictionGrids(RunFolderCallback):
                 writer.add_image(f"{stage}/{kind}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
             if save_png:
                 save_figure(figure, self.run_dir / f"{kind}.png")
-        self._active = False
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

@@ -8,21 +8,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 
 from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.lightning_compat import is_lightning_sigterm, on_last_batch_of_epoch
-
-
-class StepCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint every N training steps, except on an epoch's last batch (the epoch-end checkpoint, written
-    right after validation, covers that step)."""
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if not on_last_batch_of_epoch(trainer):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+from cifar_lit.phases import phase
 
 
 class StopRequested(Exception):
@@ -126,7 +117,8 @@ class GracefulStop(RunFolderCallback):
         if self.guard is not None:
             self.guard.check()
         path = self.run_dir / CHECKPOINT_FOLDER / LAST_NAME
-        trainer.save_checkpoint(path)
+        with phase("checkpoints"):
+            trainer.save_checkpoint(path)
         self.saved = path
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

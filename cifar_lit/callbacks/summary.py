@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.callbacks.stop_at_target import StopAtTarget
 from cifar_lit.files import write_text_atomic
+from cifar_lit.phases import PhaseClock, phase
 from cifar_lit.provenance import device_description, versions
 
 TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
@@ -29,11 +29,11 @@ class RunSummary(RunFolderCallback):
     The summary is kept in `summary` for the caller's closing line (rank zero only).
     """
 
-    def __init__(self, config: dict[str, Any], command: str, commit: str | None, started: float, timer: Timer,
+    def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
                  stop: StopAtTarget, best: ModelCheckpoint, history: EpochHistory,
                  run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
-        self.config, self.command, self.commit, self.started = config, command, commit, started
+        self.config, self.command, self.commit, self.clock = config, command, commit, clock
         self.timer, self.stop, self.best, self.history = timer, stop, best, history
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
@@ -59,17 +59,23 @@ class RunSummary(RunFolderCallback):
         }
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or self.run_dir is None:
-            return
+        if trainer.is_global_zero and self.run_dir is not None:
+            with phase("reports"):
+                self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer) -> None:
         metrics = trainer.callback_metrics
         tested = {key: float(metrics[name]) if name in metrics else None for key, name in TEST_KEYS.items()}
         facts = dict(self.facts)
+        run_phases, process_phases = self.clock.cumulative(), self.clock.elapsed()
         summary = {
             "best_val_acc": facts.pop("best_val_acc", None),
             **tested,
             "target_acc": self.config["target_acc"],
             **facts,
-            "total_seconds": time.perf_counter() - self.started,
+            "total_seconds": sum(run_phases.values()),
+            "phase_seconds": run_phases,
+            "process": {"total_seconds": sum(process_phases.values()), "phase_seconds": process_phases},
             "device": device_description(trainer.strategy.root_device),
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
@@ -87,8 +93,10 @@ class RunSummary(RunFolderCallback):
         params = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
                   for key, value in self.config.items()}
         metrics = {f"hp/{key}": float(summary[key]) for key in HPARAM_METRICS if summary.get(key) is not None}
+        phase_scalars = {f"phases/{name}": seconds for name, seconds in summary["phase_seconds"].items()}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(phase_scalars, step=trainer.global_step)
                 logger.log_hyperparams(params, metrics)
                 logger.finalize("success")
 

@@ -34,6 +34,7 @@ from cifar_lit.data.stats import channel_stats
 from cifar_lit.errors import DataError
 from cifar_lit.lightning_compat import epochs_trained
 from cifar_lit.option_types import NonNegativeInt, PositiveInt
+from cifar_lit.phases import phase
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +137,22 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download when missing and allowed; decode an image folder into its cache once (rank zero only)."""
-        data_format = detect_format(self.data_dir)
-        if data_format is None:
-            if not self.hparams.download:
-                raise DataError(missing_data_message(self.data_dir))
-            download_cifar10(self.data_dir)
-        elif data_format == "image_folder":
-            for split in SPLITS:
-                load_image_folder_split(self.data_dir, split, self.cache_dir)
+        with phase("data"):
+            data_format = detect_format(self.data_dir)
+            if data_format is None:
+                if not self.hparams.download:
+                    raise DataError(missing_data_message(self.data_dir))
+                download_cifar10(self.data_dir)
+            elif data_format == "image_folder":
+                for split in SPLITS:
+                    load_image_folder_split(self.data_dir, split, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        if not self.splits:
+            with phase("data"):
+                self._load_splits()
+
+    def _load_splits(self) -> None:
         train = load_split(self.data_dir, "train", self.cache_dir, self.hparams.verify_checksums)
         test = load_split(self.data_dir, "test", self.cache_dir, self.hparams.verify_checksums)
         if self.hparams.normalization == "computed":
@@ -183,15 +188,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def _as_tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A split as (uint8 NCHW images, int64 labels) on the training device, made once."""
         if name not in self._tensors:
-            split = self.splits[name]
-            images, labels = split.images, split.labels
-            rank, world = self._rank_and_world()
-            if name == "train" and self.hparams.shard_train_data and world > 1:
-                images, labels = images[rank::world], labels[rank::world]
-            device = self._device()
-            images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-            self._tensors[name] = (images_t, torch.from_numpy(np.asarray(labels)).to(device))
+            with phase("data"):
+                self._tensors[name] = self._to_device(name)
         return self._tensors[name]
+
+    def _to_device(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.splits[name]
+        images, labels = split.images, split.labels
+        rank, world = self._rank_and_world()
+        if name == "train" and self.hparams.shard_train_data and world > 1:
+            images, labels = images[rank::world], labels[rank::world]
+        device = self._device()
+        images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        return images_t, torch.from_numpy(np.asarray(labels)).to(device)
 
     def _current_epoch(self) -> int:
         """The epoch a training iterator started now will serve (`lightning_compat.epochs_trained`: after resuming

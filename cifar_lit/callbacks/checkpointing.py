@@ -1,0 +1,38 @@
+"""When checkpoints are written: ModelCheckpoint's rules, each write counted as the run's checkpoints phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from cifar_lit.lightning_compat import on_last_batch_of_epoch
+from cifar_lit.phases import phase
+
+
+class PhasedCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint; the hooks in which it may save count as the checkpoints phase."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        with phase("checkpoints"):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with phase("checkpoints"):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with phase("checkpoints"):
+            super().on_validation_end(trainer, pl_module)
+
+
+class StepCheckpoint(PhasedCheckpoint):
+    """Every N training steps, except on an epoch's last batch (the epoch-end checkpoint, written right after
+    validation, covers that step; see lightning_compat.on_last_batch_of_epoch)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not on_last_batch_of_epoch(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
