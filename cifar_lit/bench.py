@@ -162,8 +162,8 @@ def markdown_table(record: dict[str, Any]) -> str:
     ]
     phase_rows = summary.get("phase_seconds") or {}
     if phase_rows:
-        lines += ["", "Where the seconds of a run go (summary.json `phase_seconds`), median (min–max) over the seeds:", "",
-                  "| phase | seconds |", "|---|---:|"]
+        lines += ["", "Where the seconds of a run go (summary.json `phase_seconds`), median (min–max) over the seeds:",
+                  "", "| phase | seconds |", "|---|---:|"]
         lines += [f"| {name} | {median_range_of(part, '{:.2f}')} |" for name, part in phase_rows.items()]
     for name in ("bare_pytorch", "pil_data_path"):
         if record.get(name):
