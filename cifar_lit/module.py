@@ -152,8 +152,16 @@ class CIFARClassifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")["loss"]
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._logging_step():
+            # Not on the progress bar: Lightning turns progress-bar values into numbers after every step, a host
+            # sync each time (cifar_lit.callbacks.progress shows the loss without one).
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether the loggers write step-level scalars after this step: the loss is handed to Lightning only
+        then, so the other steps spend nothing on it."""
+        return (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._shared_step(batch, "val")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, Timer, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, Timer
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -17,6 +17,7 @@ from cifar_lit.callbacks.figures import ConfusionFigures
 from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.image_grids import PredictionGrids
 from cifar_lit.callbacks.phases import PhaseTimer
+from cifar_lit.callbacks.progress import LossProgressBar
 from cifar_lit.callbacks.run_folder import ConfigRecord
 from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLossGuard
 from cifar_lit.callbacks.stop_at_target import StopAtTarget
@@ -53,10 +54,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     the folder-writing callbacks then find it in `setup`.
     """
     timer = Timer(duration=None, verbose=False)
-    guard = NonFiniteLossGuard(
-        check_every_n_steps=1 if config["progress_bar"] else config["log_every_n_steps"],
-        checkpoint_every_n_steps=config["ckpt_every_n_steps"],
-    )
+    guard = NonFiniteLossGuard(checkpoint_every_n_steps=config["ckpt_every_n_steps"])
     callbacks: dict[str, Any] = {
         "phases": PhaseTimer(clock),
         "timer": timer,
@@ -64,7 +62,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         "guard": guard,
     }
     if config["progress_bar"]:
-        callbacks["progress"] = TQDMProgressBar(refresh_rate=10)
+        callbacks["progress"] = LossProgressBar(refresh_rate=10)
     if config["ema_decay"]:
         callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
     if config["fast_dev_run"]:

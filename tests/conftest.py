@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
 
+from cifar_lit import run  # noqa: E402
+
 # A learnable 300-image set trains to >90% in two epochs with these settings on the CPU.
 TINY_FLAGS = [
     "--gpus", "0", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
@@ -55,3 +57,14 @@ def batches_folder(tmp_path: Path) -> Path:
 def tiny_flags(image_folder: Path, tmp_path: Path) -> list[str]:
     return [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs")]
 
+
+
+def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
+    """Make train.py's runs in this test use `callback` too, before all of its own (GracefulStop then sees a
+    signal the callback sends in the same step)."""
+    original = run.build_callbacks
+
+    def build(*args, **kwargs):
+        return {"injected": callback, **original(*args, **kwargs)}
+
+    monkeypatch.setattr(run, "build_callbacks", build)

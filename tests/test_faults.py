@@ -18,6 +18,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import with_extra_callback
+
 from cifar_lit import checkpoints, run
 from cifar_lit.callbacks.history import read_history_csv
 from cifar_lit.module import CIFARClassifier
@@ -54,15 +56,6 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
-
-
-def with_extra_callback(monkeypatch, callback: pl.Callback) -> None:
-    original = run.build_callbacks
-
-    def build(*args, **kwargs):
-        return {"injected": callback, **original(*args, **kwargs)}  # first: GracefulStop sees the signal this step
-
-    monkeypatch.setattr(run, "build_callbacks", build)
 
 
 # ------------------------------------------------------------------------------------------------- exact resume

@@ -39,13 +39,13 @@ class NonFiniteLoss(Exception):
 class NonFiniteLossGuard(Callback):
     """Notes the first step whose loss is NaN or infinite and stops the run before any checkpoint is written.
 
-    The test runs on the device without waiting for it (no host sync per step); the host looks at the result every
-    `check_every_n_steps` steps and always before a checkpoint can be saved, so a poisoned state is never written
-    over a good checkpoint. The step reported is the exact one where the loss first went bad.
+    The test runs on the device without waiting for it (no host sync per step); the host looks at the result on
+    the Trainer's logging steps (every `log_every_n_steps`, when the loggers read values anyway), at every epoch's
+    end and always before a checkpoint can be saved, so a poisoned state is never written over a good checkpoint.
+    The step reported is the exact one where the loss first went bad.
     """
 
-    def __init__(self, check_every_n_steps: int = 1, checkpoint_every_n_steps: int = 0) -> None:
-        self.check_every_n_steps = max(1, check_every_n_steps)
+    def __init__(self, checkpoint_every_n_steps: int = 0) -> None:
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self._first_bad_step: torch.Tensor | None = None
         self._epoch_of_step: dict[int, int] = {}
@@ -60,7 +60,7 @@ class NonFiniteLossGuard(Callback):
         step = trainer.global_step
         self._first_bad_step.masked_fill_(~torch.isfinite(loss.detach()) & (self._first_bad_step < 0), step)
         self._epoch_of_step[step] = trainer.current_epoch
-        due = step % self.check_every_n_steps == 0
+        due = step % trainer.log_every_n_steps == 0
         checkpoint_due = self.checkpoint_every_n_steps and step % self.checkpoint_every_n_steps == 0
         if due or checkpoint_due:
             self.check()
