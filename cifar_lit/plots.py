@@ -77,7 +77,7 @@ def curves_figure(
     """One axis of named (epochs, values) lines, e.g. train and val accuracy against epochs."""
     figure = new_figure(6.4, 4.0)
     axis = figure.add_subplot()
-    for (name, (xs, ys)), colour in zip(series.items(), SERIES_COLOURS):
+    for (name, (xs, ys)), colour in zip(series.items(), SERIES_COLOURS, strict=False):  # more colours than series
         values = [100.0 * y for y in ys] if percent else list(ys)
         axis.plot(list(xs), values, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=name)
     epoch_axis(axis, [x for xs, _ in series.values() for x in xs])
@@ -99,7 +99,7 @@ def accuracy_and_loss_figure(history: Sequence[Mapping[str, float]], title: str 
         for stage, colour in (("train", BLUE), ("val", ORANGE)):
             points = [(row["epoch"], row[f"{stage}_{key}"]) for row in history if row.get(f"{stage}_{key}") is not None]
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 ys = [100.0 * y for y in ys] if percent else ys
                 axis.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=stage)
         epoch_axis(axis, [row["epoch"] for row in history])
@@ -175,7 +175,7 @@ def per_class_accuracy_figure(accuracies: Sequence[float], class_names: Sequence
     axis.set_xlim(0, 105)
     axis.set_xlabel("accuracy (%)", fontsize=11)
     axis.set_title(title, fontsize=12)
-    for position, value in zip(positions, values):
+    for position, value in zip(positions, values, strict=True):
         axis.text(min(value + 1.0, 96.0), position, f"{value:.1f}", va="center", fontsize=9)
     axis.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=1.2, label=f"mean {values.mean():.1f}")
     axis.legend(fontsize=9, loc="lower right")

@@ -201,7 +201,7 @@ def evaluate(argv: Sequence[str]) -> int:
     if args.images:
         model = load_trained_model(args.ckpt, device)
         images = np.stack([read_user_image(path) for path in args.images])
-        for path, probabilities in zip(args.images, predict_probabilities(model, images, device=device)):
+        for path, probabilities in zip(args.images, predict_probabilities(model, images, device=device), strict=True):
             ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities))
             print(f"{path}: {ranked}")
         return 0

@@ -40,7 +40,7 @@ def write_image_folder(root: Path, train_per_class: int = 12, test_per_class: in
             rng = np.random.default_rng(seed + 2)
             wrong = rng.choice(len(labels), int(mislabeled_test_fraction * len(labels)), replace=False)
             labels[wrong] = (labels[wrong] + rng.integers(1, len(CIFAR10_CLASSES), len(wrong))) % len(CIFAR10_CLASSES)
-        for index, (image, label) in enumerate(zip(images, labels)):
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = root / split / CIFAR10_CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{index:04d}{suffix}")

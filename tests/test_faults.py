@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import with_extra_callback
 
 from cifar_lit import checkpoints, run
@@ -84,7 +83,7 @@ def assert_same_run(expected_dir: Path, resumed_dir: Path) -> None:
         assert torch.equal(value, resumed["state_dict"][key]), key
     momentum = [[state["momentum_buffer"] for state in ckpt["optimizer_states"][0]["state"].values()]
                 for ckpt in (expected, resumed)]
-    assert all(torch.equal(a, b) for a, b in zip(*momentum)) and len(momentum[0]) == len(momentum[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*momentum, strict=True)) and len(momentum[0]) == len(momentum[1]) > 0
     assert expected["lr_schedulers"] == resumed["lr_schedulers"]
     assert metric_rows(expected_dir) == metric_rows(resumed_dir)
 

@@ -151,7 +151,7 @@ def test_estimated_stepping_batches_builds_the_training_loader_before_a_checkpoi
             return super().train_dataloader()
 
         def configure_optimizers(self):
-            self.trainer.estimated_stepping_batches
+            _ = self.trainer.estimated_stepping_batches
             return super().configure_optimizers()
 
     trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(Asking(), ckpt_path=checkpoint, weights_only=True)

@@ -44,8 +44,8 @@ def test_schedules_warm_up_peak_and_anneal(kind):
     assert values[0] == pytest.approx(0.04)
     assert values[20] == pytest.approx(1.0) and max(values) == pytest.approx(1.0)
     assert values[100] == pytest.approx(0.0, abs=1e-9)
-    assert all(a <= b + 1e-12 for a, b in zip(values[:21], values[1:21]))
-    assert all(a >= b - 1e-12 for a, b in zip(values[20:], values[21:]))
+    assert all(a <= b + 1e-12 for a, b in zip(values[:20], values[1:21], strict=True))
+    assert all(a >= b - 1e-12 for a, b in zip(values[20:-1], values[21:], strict=True))
     # halfway through the 80 decay steps every shape is at one half; a quarter of the way, linear is at 3/4 and the
     # cosine-shaped falls (onecycle, cosine) are at (1 + cos(pi/4)) / 2
     assert values[60] == pytest.approx(0.5)

@@ -79,7 +79,7 @@ def test_own_images_get_their_top_three_classes(trained_run, tmp_path, capsys):
     assert evaluate(["--ckpt", str(best_checkpoint(trained_run)), "--images", *map(str, files), "--gpus", "0"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    for path, line in zip(files, lines):
+    for path, line in zip(files, lines, strict=True):
         ranked = re.findall(r"(\w+) ([\d.]+)%", line.split(": ", 1)[1])
         assert len(ranked) == 3 and line.startswith(str(path))
         probabilities = [float(p) for _, p in ranked]
