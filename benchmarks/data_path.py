@@ -1,10 +1,11 @@
 """Throughput of the data path alone (no model): uint8 tensors augmented batch-wise vs PIL transforms per image.
 
-    python benchmarks/data_path.py --data-dir DIR [--device cpu|cuda] [--epochs 2] [--workers 0 2]
+    python benchmarks/data_path.py --data-dir DIR [--device cpu|cuda] [--epochs 2] [--workers 0 2] [--compile]
 
 Both paths produce the same training batches: random crop with 4-pixel zero padding, horizontal flip, normalization,
-float32 NCHW. The tensor path is what train.py uses by default (TensorBatchLoader, then augment_batch in the
-DataModule's on_after_batch_transfer); the PIL path is torchvision's transforms in DataLoader workers. Writes
+float32 NCHW in channels_last layout. The tensor path is what train.py uses by default (zero-padded uint8 NHWC data,
+TensorBatchLoader, then one random draw per image and `augment` in the DataModule's on_after_batch_transfer;
+compiled into one kernel with --compile); the PIL path is torchvision's transforms in DataLoader workers. Writes
 benchmarks/results/data_path-<device>-<date>.json.
 """
 
@@ -17,17 +18,21 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cifar_lit.data.augment import augment_batch, channel_tensor
-from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
+from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
 from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.warmup import compile_options
+
+PADDING = 4
 
 
 def synchronize(device: torch.device) -> None:
@@ -35,18 +40,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tensor_path_epoch(images: torch.Tensor, labels: torch.Tensor, batch_size: int, epoch: int) -> float:
-    """Seconds for one epoch of batches, augmented and normalized on the images' device."""
-    device = images.device
-    mean, std = channel_tensor(CIFAR10_MEAN, device), channel_tensor(CIFAR10_STD, device)
-    loader = TensorBatchLoader(images, labels, batch_size, shuffle=True, drop_last=True, epoch_fn=lambda: epoch)
+def tensor_path_epoch(padded: torch.Tensor, labels: torch.Tensor, batch_size: int, epoch: int,
+                      transform: Callable[..., torch.Tensor]) -> float:
+    """Seconds for one epoch of batches of zero-padded uint8 NHWC images, augmented and normalized on their device."""
+    device = padded.device
+    scale, shift = scale_and_shift(CIFAR10_MEAN, CIFAR10_STD, device)
+    loader = TensorBatchLoader(padded, labels, batch_size, shuffle=True, drop_last=True, epoch_fn=lambda: epoch)
     generator = torch.Generator(device=device)
     synchronize(device)
     start = time.perf_counter()
     for batch_images, _ in loader:
         batch_epoch, index = loader.next_batch_key()
         generator.manual_seed(derive_seed(0, batch_epoch, index, 0))
-        augment_batch(batch_images, generator, mean, std).contiguous(memory_format=torch.channels_last)
+        codes = draw_codes(len(batch_images), PADDING, True, 0, (IMAGE_SIZE, IMAGE_SIZE), generator, device)
+        transform(batch_images, codes, scale, shift, PADDING, True, 0)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -67,19 +74,22 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (after one untimed warm-up)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers for the PIL path")
+    parser.add_argument("--compile", action="store_true", help="compile the tensor path's augmentation")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
     module = CIFAR10DataModule(data_dir=args.data_dir, download=False, batch_size=args.batch_size)
     module.setup("fit")
     train = module.splits["train"]
-    images = torch.from_numpy(np.ascontiguousarray(train.images)).permute(0, 3, 1, 2).contiguous().to(device)
+    padded = pad(torch.from_numpy(np.ascontiguousarray(train.images)).to(device), PADDING)
     labels = torch.from_numpy(train.labels).to(device)
     per_epoch = (len(train) // args.batch_size) * args.batch_size
+    transform = torch.compile(augment, **compile_options()) if args.compile else augment
 
     results: dict[str, dict] = {}
-    tensor_path_epoch(images, labels, args.batch_size, 0)
-    seconds = [tensor_path_epoch(images, labels, args.batch_size, epoch + 1) for epoch in range(args.epochs)]
+    tensor_path_epoch(padded, labels, args.batch_size, 0, transform)
+    seconds = [tensor_path_epoch(padded, labels, args.batch_size, epoch + 1, transform)
+               for epoch in range(args.epochs)]
     results["tensor"] = {"seconds_per_epoch": seconds, "images_per_second": per_epoch / statistics.median(seconds)}
     print(f"tensor path on {device}: {results['tensor']['images_per_second']:,.0f} images/s", flush=True)
     dataset = PILImageDataset(train, module._pil_transform(train=True))
@@ -96,6 +106,7 @@ def main() -> int:
     record = {
         "benchmark": "data_path",
         "what": "training-batch production only (crop 4 + flip + normalize to float32 channels_last), no model",
+        "tensor_path_compiled": args.compile,
         "device": device_description(device),
         "data": args.data_dir,
         "batch_size": args.batch_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar_lit.data.augment import augment_batch, channel_tensor, normalize
-from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.augment import augment, draw_codes, input_dtype, normalize, pad, scale_and_shift
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import load_split
 from cifar_lit.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.models import resnet18
 from cifar_lit.optim import build_scheduler, build_sgd
-from cifar_lit.warmup import run_every_shape
+from cifar_lit.warmup import compile_options, run_every_shape
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -34,19 +35,22 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return contextlib.nullcontext
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             batch_size: int, forward_context: Any, memory_format: torch.memory_format,
-             flip_tta: bool = False) -> dict[str, torch.Tensor]:
-    """The evaluation of uint8 images held on the model's device, by the same step as the Trainer's validation
-    (cifar_lit.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy."""
+@torch.no_grad()  # as the Trainer evaluates: compiled code is guarded on the grad mode
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+             batch_size: int, forward_context: Any, prepare: Callable[..., torch.Tensor] = normalize,
+             step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None, dtype: torch.dtype = torch.float32,
+             channels_last: bool = True, flip_tta: bool = False) -> dict[str, torch.Tensor]:
+    """The evaluation of uint8 NHWC images held on the model's device, by the same step as the Trainer's validation
+    (cifar_lit.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy. `prepare` and
+    `step` may be compiled versions of `normalize` and of `evaluate_batch` bound to the model."""
+    classes = len(CIFAR10_CLASSES)
+    step = step or (lambda inputs, targets: evaluate_batch(model, inputs, targets, classes, flip_tta))
     model.eval()
-    sums = EvaluationSums(len(CIFAR10_CLASSES)).to(labels.device)
+    sums = EvaluationSums(classes).to(labels.device)
     for start in range(0, len(labels), batch_size):
-        batch = normalize(images[start : start + batch_size], mean, std).contiguous(memory_format=memory_format)
         with forward_context():
-            batch_sums, _ = evaluate_batch(model, batch, labels[start : start + batch_size], len(CIFAR10_CLASSES),
-                                           flip_tta)
+            inputs = prepare(images[start : start + batch_size], scale, shift, dtype, channels_last)
+            batch_sums, _ = step(inputs, labels[start : start + batch_size])
         sums.update(batch_sums)
     model.train()
     return sums.compute()
@@ -65,23 +69,48 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     test = load_split(data_dir, "test", None, config["verify_checksums"])
 
     def on_device(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2).contiguous().to(device)
+        images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
         return images, torch.from_numpy(split.labels).to(device)
 
     train_images, train_labels = on_device(train)
+    train_images = pad(train_images, config["crop_padding"])
     test_images, test_labels = on_device(test)
-    mean, std = channel_tensor(CIFAR10_MEAN, device), channel_tensor(CIFAR10_STD, device)
-    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    scale, shift = scale_and_shift(CIFAR10_MEAN, CIFAR10_STD, device)
+    dtype, channels_last = input_dtype(precision), config["channels_last"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    classes = len(CIFAR10_CLASSES)
 
     model = resnet18(width=config["width"]).to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     forward_context = _autocast(device, precision)
+
+    def train_forward(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return criterion(model(inputs), targets)
+
+    def eval_forward(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return evaluate_batch(model, inputs, targets, classes)
+
+    transform, prepare = augment, normalize
     warmup_seconds = 0.0
     if config["compile"]:
-        model.compile()
+        options = compile_options(config["compile_mode"])
+        train_forward, eval_forward = torch.compile(train_forward, **options), torch.compile(eval_forward, **options)
+        transform, prepare = torch.compile(augment, **compile_options()), torch.compile(normalize, **compile_options())
         eval_sizes = {min(config["eval_batch_size"], len(test_labels)), len(test_labels) % config["eval_batch_size"]}
-        warmup_seconds = run_every_shape(model, config["batch_size"], [s for s in eval_sizes if s], criterion,
-                                         forward_context, config["channels_last"])
+
+        def warm_train(size: int) -> torch.Tensor:
+            codes = torch.zeros(size, dtype=torch.long, device=device)
+            with forward_context():
+                inputs = transform(train_images[:size], codes, scale, shift, config["crop_padding"], config["flip"],
+                                   config["cutout"], dtype, channels_last)
+                return train_forward(inputs, train_labels[:size])
+
+        def warm_eval(size: int) -> None:
+            with forward_context():
+                eval_forward(prepare(test_images[:size], scale, shift, dtype, channels_last), test_labels[:size])
+
+        warmup_seconds = run_every_shape(model, warm_train, warm_eval, [config["batch_size"]],
+                                         [size for size in eval_sizes if size])
 
     epoch_box = [0]
     loader = TensorBatchLoader(train_images, train_labels, config["batch_size"], shuffle=True, drop_last=True,
@@ -109,10 +138,12 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
         for images, labels in loader:
             batch_epoch, batch_index = loader.next_batch_key()
             generator.manual_seed(derive_seed(config["seed"], batch_epoch, batch_index, 0))
-            inputs = augment_batch(images, generator, mean, std, config["crop_padding"], config["flip"],
-                                   config["cutout"]).contiguous(memory_format=memory_format)
+            codes = draw_codes(len(labels), config["crop_padding"], config["flip"], config["cutout"],
+                               (IMAGE_SIZE, IMAGE_SIZE), generator, device)
             with forward_context():
-                loss = criterion(model(inputs), labels)
+                inputs = transform(images, codes, scale, shift, config["crop_padding"], config["flip"],
+                                   config["cutout"], dtype, channels_last)
+                loss = train_forward(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -120,8 +151,9 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
             images_seen += len(labels)
         synchronize()
         train_seconds += time.perf_counter() - epoch_start
-        accuracy = float(evaluate(model, test_images, test_labels, mean, std, config["eval_batch_size"],
-                                  forward_context, memory_format)["acc"])
+        results = evaluate(model, test_images, test_labels, scale, shift, config["eval_batch_size"], forward_context,
+                           prepare, eval_forward, dtype, channels_last)
+        accuracy = float(results["acc"])
         accuracies.append(accuracy)
         if reached_epoch is None and accuracy >= config["target_acc"]:
             reached_epoch, reached_seconds = epoch + 1, time.perf_counter() - start

@@ -58,6 +58,9 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("grid_images", NonNegativeInt, 30,
      "images in each misclassified/correct grid, spread over the classes (0: no grids)"),
     ("grid_every_n_epochs", NonNegativeInt, 1, "log the validation grids every N epochs (0: only after testing)"),
+    ("compile_cache", str, "~/.cache/cifar_lit/compile",
+     "folder where torch.compile keeps its work between runs (a second run reuses it: a warm start); delete it to "
+     "compile from scratch"),
     ("ema_decay", Optional[OpenUnitInterval], None, "keep an exponential moving average of the weights with this "
                                                     "decay and evaluate with it (e.g. 0.999); off by default"),
 )

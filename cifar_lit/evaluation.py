@@ -13,7 +13,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from cifar_lit.checkpoints import check_compatible, load_checkpoint
-from cifar_lit.data.augment import channel_tensor, normalize
+from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.errors import DataError
 from cifar_lit.metrics import EvaluationSums, evaluate_batch
@@ -54,9 +54,9 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> Traine
 
 
 def model_inputs(model: TrainedModel, images: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """uint8 NHWC images as the normalized NCHW batch the network takes."""
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
-    return normalize(batch, channel_tensor(model.mean, device), channel_tensor(model.std, device))
+    """uint8 NHWC images as the normalized NCHW batch the network takes (the DataModule's evaluation transform)."""
+    scale, shift = scale_and_shift(model.mean, model.std, device)
+    return normalize(torch.from_numpy(np.ascontiguousarray(images)).to(device), scale, shift, channels_last=False)
 
 
 @torch.inference_mode()

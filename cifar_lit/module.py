@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from cifar_lit.compile_cache import cache_counts, cache_report
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
 from cifar_lit.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
 from cifar_lit.models import resnet18
@@ -23,7 +24,7 @@ from cifar_lit.option_types import (
     PositiveInt,
 )
 from cifar_lit.phases import phase
-from cifar_lit.warmup import run_every_shape
+from cifar_lit.warmup import compile_options, run_every_shape
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class CIFARClassifier(pl.LightningModule):
         lr_end_factor: LR at the last step, as a fraction of the peak.
         flip_tta: also evaluate on mirrored images and report that accuracy as `val/acc_tta`, `test/acc_tta`.
         channels_last: keep weights NHWC-strided (faster convolutions on tensor cores).
-        compile: compile the network with torch.compile.
+        compile: compile each step with torch.compile: network, loss and the step's metric sums as one graph.
+        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
+            "max-autotune-no-cudagraphs".
         compile_warmup: with `compile`, first run every batch shape once so the compile time is paid (and reported
             as warm-up) before training and its clock start.
     """
@@ -74,6 +77,7 @@ class CIFARClassifier(pl.LightningModule):
         flip_tta: bool = False,
         channels_last: bool = True,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         compile_warmup: bool = True,
     ) -> None:
         super().__init__()
@@ -94,6 +98,7 @@ class CIFARClassifier(pl.LightningModule):
         # the figure callbacks copy it to the host only when they draw.
         self.evaluation: dict[str, dict[str, torch.Tensor]] = {}
         self.warmup_seconds = 0.0
+        self.compile_cache: dict[str, Any] | None = None  # what the warm-up found in torch.compile's disk cache
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
 
@@ -111,7 +116,9 @@ class CIFARClassifier(pl.LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.hparams.compile and not self._compiled:
-            self.model.compile()
+            options = compile_options(self.hparams.compile_mode)
+            self._train_forward = torch.compile(self._train_forward, **options)
+            self._eval_forward = torch.compile(self._eval_forward, **options)
             self._compiled = True
 
     def on_fit_start(self) -> None:
@@ -119,34 +126,51 @@ class CIFARClassifier(pl.LightningModule):
             self.warm_up()
 
     def warm_up(self) -> None:
-        """Compile every batch shape of the fit now, so training (and its clock) starts with compiled code."""
-        datamodule = self.trainer.datamodule
+        """Compile every batch shape of the fit now, the DataModule's transforms included, so training (and its
+        clock) starts with compiled code."""
+        datamodule, context = self.trainer.datamodule, self.trainer.precision_plugin.forward_context
+
+        def train_step(size: int) -> torch.Tensor:
+            images, labels = datamodule.example_batch(size, train=True, device=self.device)
+            with context():
+                return self._train_forward(datamodule.train_transform(images, 0, 0), labels)[0]
+
+        def eval_step(size: int) -> None:
+            images, labels = datamodule.example_batch(size, train=False, device=self.device)
+            with context():
+                self._eval_forward(datamodule.eval_transform(images), labels)
+
+        before = cache_counts()
         with phase("warmup"):
-            self.warmup_seconds = run_every_shape(
-                self.model,
-                datamodule.hparams.batch_size,
-                datamodule.eval_batch_sizes(),
-                self.train_criterion,
-                self.trainer.precision_plugin.forward_context,
-                channels_last=self.hparams.channels_last,
-                flip_tta=self.hparams.flip_tta,
-            )
-        log.info("Compile warm-up took %.1f s", self.warmup_seconds)
+            self.warmup_seconds = run_every_shape(self.model, train_step, eval_step, [datamodule.hparams.batch_size],
+                                                  datamodule.eval_batch_sizes())
+        self.compile_cache = cache_report(before, cache_counts())
+        log.info("Compile warm-up took %.1f s (%s start: %d graphs from the cache in %s, %d compiled).",
+                 self.warmup_seconds, self.compile_cache["state"], self.compile_cache["hits"],
+                 self.compile_cache["folder"], self.compile_cache["misses"])
 
     # ------------------------------------------------------------------------------------------------- steps
+
+    def _train_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network, loss and the step's metric sums: one graph when compiled."""
+        logits = self.model(images)
+        loss = self.train_criterion(logits, labels)
+        return loss, training_sums(logits, labels, loss)
+
+    def _eval_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network (twice with flip TTA) and the batch's evaluation sums: one graph when compiled."""
+        return evaluate_batch(self.model, images, labels, self.hparams.num_classes, self.hparams.flip_tta)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         images, labels = batch
         if stage == "train":
-            logits = self(images)
-            loss = self.train_criterion(logits, labels)
-            sums = training_sums(logits, labels, loss)
+            loss, sums = self._train_forward(images, labels)
             self.train_acc.update(sums[0:2])
             self.train_loss.update(sums[2:4])
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
             return {"loss": loss}
-        sums, predictions = evaluate_batch(self, images, labels, self.hparams.num_classes, self.hparams.flip_tta)
+        sums, predictions = self._eval_forward(images, labels)
         getattr(self, f"{stage}_sums").update(sums)
         return {"preds": predictions}
 

@@ -7,11 +7,13 @@ non-finite loss exits 3 without writing any checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +22,7 @@ from cifar_lit import phases
 from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, StopRequested
 from cifar_lit.callbacks.summary import closing_line
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
+from cifar_lit.compile_cache import compile_cache
 from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import UserError
@@ -28,7 +31,7 @@ from cifar_lit.module import CIFARClassifier
 from cifar_lit.phases import PhaseClock
 from cifar_lit.provenance import command_line, git_commit
 from cifar_lit.resume import plan_resume
-from cifar_lit.run_dir import RUN_DIR_ENV, choose_run_dir, remove_if_unused
+from cifar_lit.run_dir import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
 from cifar_lit.trainer import build_callbacks, build_trainer, resolve_hardware
 
 log = logging.getLogger("cifar_lit")
@@ -54,6 +57,8 @@ def train(argv: Sequence[str], clock: PhaseClock) -> int:
     resolve_hardware(config)  # refuses --gpus N without N GPUs before any run folder exists
     model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
 
+    if config["compile"]:
+        check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
     callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock)
@@ -62,7 +67,8 @@ def train(argv: Sequence[str], clock: PhaseClock) -> int:
         trainer = build_trainer(config, callbacks, run_dir)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
-        return fit_and_test(trainer, model, datamodule, callbacks, config, plan.checkpoint_path if plan else None)
+        with compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext():
+            return fit_and_test(trainer, model, datamodule, callbacks, config, plan.checkpoint_path if plan else None)
     except UserError:
         remove_if_unused(run_dir, created)
         raise

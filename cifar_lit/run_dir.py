@@ -27,7 +27,8 @@ def next_version_dir(logdir: Path) -> Path:
             number += 1
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "the log folder", flag: str = "--logdir") -> None:
+    """Create `folder` if needed and write a file there, or raise a ConfigError naming it and `flag`."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -35,8 +36,8 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise ConfigError(
-            f"Cannot write to the log folder {folder} ({error.strerror or error}). Choose a writable folder with "
-            "--logdir, or fix its permissions / free some disk space."
+            f"Cannot write to {what} {folder} ({error.strerror or error}). Choose a writable folder with "
+            f"{flag}, or fix its permissions / free some disk space."
         ) from None
 
 

@@ -115,6 +115,9 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         enable_checkpointing=not config["fast_dev_run"],
         sync_batchnorm=config["sync_batchnorm"],
         use_distributed_sampler=False,  # the DataModule shards every split itself, without padding
+        # Validation inside fit runs under no_grad; the test must too, or compiled code would be compiled again
+        # for inference tensors.
+        inference_mode=False,
         num_sanity_val_steps=config["sanity_val_steps"],
         fast_dev_run=config["fast_dev_run"],
         plugins=[OrderedAsyncCheckpointIO(AtomicCheckpointIO())],

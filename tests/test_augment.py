@@ -2,105 +2,119 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import functional as TF
 
 from cifar_lit.data.augment import (
-    apply_crops,
-    apply_cutout,
-    apply_flips,
-    augment_batch,
+    augment,
     channel_tensor,
+    cutout_mask,
+    decode,
     denormalize,
-    draw_crop_offsets,
-    draw_cutout_centers,
-    draw_flips,
+    draw_codes,
+    input_dtype,
     normalize,
+    pad,
+    scale_and_shift,
 )
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
 
-MEAN, STD = channel_tensor(CIFAR10_MEAN), channel_tensor(CIFAR10_STD)
+SCALE, SHIFT = scale_and_shift(CIFAR10_MEAN, CIFAR10_STD)
+SIZE = (32, 32)
+PIL_NORMALIZE = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
 
 
 def uint8_batch(n=64, seed=0):
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    """Random uint8 NHWC images."""
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_crop_offsets_stay_within_the_padding():
-    offsets = draw_crop_offsets(5000, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert offsets.min() == 0 and offsets.max() == 8
-    assert len(torch.unique(offsets[:, 0])) == 9  # every translation occurs
+def codes(n, seed=0, padding=4, flip=True, cutout=0):
+    return draw_codes(n, padding, flip, cutout, SIZE, torch.Generator().manual_seed(seed), torch.device("cpu"))
 
 
-def test_crop_is_the_padded_window_at_its_offset():
-    images = uint8_batch(16)
-    offsets = draw_crop_offsets(16, 4, torch.Generator().manual_seed(1), torch.device("cpu"))
-    out = apply_crops(images, offsets, 4)
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for i, (dy, dx) in enumerate(offsets.tolist()):
-        assert torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
-    assert out.dtype == torch.uint8 and out.shape == images.shape
+def test_draws_cover_every_crop_and_flip_independently():
+    draws = decode(codes(20000, cutout=8), 4, True, 8, SIZE)
+    assert draws.dy.min() == 0 and draws.dy.max() == 8 and draws.dx.min() == 0 and draws.dx.max() == 8
+    assert 0.48 < draws.flip.float().mean() < 0.52
+    assert len({(y, x, f) for y, x, f in zip(draws.dy.tolist(), draws.dx.tolist(), draws.flip.tolist(),
+                                             strict=True)}) == 9 * 9 * 2
+    assert draws.cy.min() == 0 and draws.cy.max() == 31 and draws.cx.min() == 0 and draws.cx.max() == 31
 
 
-def test_centre_offset_is_identity_and_edges_bring_black_borders():
-    images = uint8_batch(2) | 1  # no zero pixels
-    same = apply_crops(images, torch.tensor([[4, 4], [4, 4]]), 4)
-    assert torch.equal(same, images)
-    shifted = apply_crops(images, torch.tensor([[0, 0], [8, 8]]), 4)
-    assert (shifted[0, :, :4, :] == 0).all() and (shifted[1, :, -4:, :] == 0).all()
+def test_augmentation_is_torchvisions_pad_crop_and_mirror_on_the_same_draws():
+    images = uint8_batch(32)
+    packed = codes(32, seed=3)
+    out = augment(pad(images, 4), packed, SCALE, SHIFT, padding=4, flip=True, cutout=0)
+    draws = decode(packed, 4, True, 0, SIZE)
+    for i in range(32):
+        picture = TF.pad(Image.fromarray(images[i].numpy()), 4)
+        picture = TF.crop(picture, int(draws.dy[i]), int(draws.dx[i]), 32, 32)
+        if draws.flip[i]:
+            picture = TF.hflip(picture)
+        torch.testing.assert_close(out[i], PIL_NORMALIZE(picture), atol=1e-5, rtol=0)
 
 
-def test_flip_rate_is_about_one_half_and_flips_mirror():
-    flips = draw_flips(20000, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert 0.48 < flips.float().mean() < 0.52
-    images = uint8_batch(4)
-    out = apply_flips(images, torch.tensor([True, False, True, False]))
-    assert torch.equal(out[0], images[0].flip(-1)) and torch.equal(out[1], images[1])
+def test_centre_crop_is_the_image_and_edge_crops_bring_black_borders():
+    images = uint8_batch(2) | 1  # no black pixels of their own
+    centre = torch.tensor([4 + 4 * 9, 4 + 4 * 9])  # dy = dx = 4, not mirrored
+    same = augment(pad(images, 4), centre, SCALE, SHIFT, padding=4, flip=True, cutout=0)
+    torch.testing.assert_close(same, normalize(images, SCALE, SHIFT), atol=1e-6, rtol=0)
+    corners = torch.tensor([0, 8 + 8 * 9])  # top-left corner, bottom-right corner
+    shifted = augment(pad(images, 4), corners, SCALE, SHIFT, padding=4, flip=True, cutout=0)
+    black = SHIFT[:, None, None]  # a zero pixel, normalized
+    assert torch.allclose(shifted[0, :, :4, :], black.expand(3, 4, 32))
+    assert torch.allclose(shifted[1, :, -4:, :], black.expand(3, 4, 32))
 
 
 def test_augmentation_is_determined_by_its_seed():
-    images = uint8_batch(32)
-    a = augment_batch(images, torch.Generator().manual_seed(7), MEAN, STD, cutout=8)
-    b = augment_batch(images, torch.Generator().manual_seed(7), MEAN, STD, cutout=8)
-    c = augment_batch(images, torch.Generator().manual_seed(8), MEAN, STD, cutout=8)
+    padded = pad(uint8_batch(32), 4)
+    a, b, c = (augment(padded, codes(32, seed=s, cutout=8), SCALE, SHIFT, 4, True, 8) for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_augmented_batch_shape_type_and_range():
-    out = augment_batch(uint8_batch(8), torch.Generator().manual_seed(0), MEAN, STD)
-    assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
+def test_output_dtype_layout_and_range():
+    out = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, 4, True, 0, dtype=torch.bfloat16)
+    assert out.shape == (8, 3, 32, 32) and out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last)  # a view of the NHWC data, no copy
     low = ((0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).min()
     high = ((1 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).max()
-    assert out.min() >= low - 1e-5 and out.max() <= high + 1e-5
+    assert out.float().min() >= low - 0.02 and out.float().max() <= high + 0.02
+    flat = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, 4, True, 0, channels_last=False)
+    assert flat.is_contiguous()
 
 
 def test_normalization_matches_the_pil_path():
     images = uint8_batch(6)
-    pil = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
-    expected = torch.stack([pil(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images])
-    torch.testing.assert_close(normalize(images, MEAN, STD), expected, atol=1e-5, rtol=0)
+    expected = torch.stack([PIL_NORMALIZE(Image.fromarray(img.numpy())) for img in images])
+    torch.testing.assert_close(normalize(images, SCALE, SHIFT), expected, atol=1e-5, rtol=0)
 
 
 def test_denormalize_inverts_normalize():
     images = uint8_batch(4)
-    back = denormalize(normalize(images, MEAN, STD), MEAN, STD)
-    torch.testing.assert_close(back, images.float() / 255, atol=1e-5, rtol=0)
+    mean, std = channel_tensor(CIFAR10_MEAN), channel_tensor(CIFAR10_STD)
+    back = denormalize(normalize(images, SCALE, SHIFT), mean, std)
+    torch.testing.assert_close(back, images.permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
 
 
 def test_cutout_zeroes_a_square_clipped_at_the_border():
-    images = torch.ones(2, 3, 32, 32)
-    out = apply_cutout(images, torch.tensor([[16, 16], [0, 0]]), 8)
-    assert (out[0] == 0).sum() == 3 * 64
-    assert (out[0, :, 12:20, 12:20] == 0).all()
-    assert (out[1] == 0).sum() == 3 * 16  # the corner square keeps its 4x4 inside part
-    centers = draw_cutout_centers(1000, 32, 32, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert centers.min() >= 0 and centers.max() <= 31
+    mask = cutout_mask(torch.tensor([16, 0]), torch.tensor([16, 0]), 8, SIZE)
+    assert mask[0].sum() == 64 and mask[0, 12:20, 12:20].all()
+    assert mask[1].sum() == 16  # the corner square keeps its 4x4 inside part
+    out = augment(pad(uint8_batch(16), 4), codes(16, cutout=8), SCALE, SHIFT, 4, True, 8)
+    zeros_per_image = (out == 0).all(dim=1).flatten(1).sum(dim=1)
+    assert ((zeros_per_image >= 16) & (zeros_per_image <= 64)).all()
+
+
+def test_input_dtype_follows_the_precision():
+    assert input_dtype("bf16-mixed") == input_dtype("bf16-true") == torch.bfloat16
+    assert input_dtype("16-mixed") == torch.float16 and input_dtype("64-true") == torch.float64
+    assert input_dtype("32-true") == input_dtype("32") == torch.float32
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_augmentation_matches_the_cpu_given_the_same_offsets():
-    images = uint8_batch(16)
-    offsets = draw_crop_offsets(16, 4, torch.Generator().manual_seed(3), torch.device("cpu"))
-    flips = draw_flips(16, torch.Generator().manual_seed(4), torch.device("cpu"))
-    cpu = normalize(apply_flips(apply_crops(images, offsets, 4), flips), MEAN, STD)
-    gpu = normalize(apply_flips(apply_crops(images.cuda(), offsets.cuda(), 4), flips.cuda()), MEAN.cuda(), STD.cuda())
+def test_gpu_augmentation_matches_the_cpu_given_the_same_draws():
+    padded, packed = pad(uint8_batch(16), 4), codes(16, cutout=8)
+    cpu = augment(padded, packed, SCALE, SHIFT, 4, True, 8)
+    gpu = augment(padded.cuda(), packed.cuda(), SCALE.cuda(), SHIFT.cuda(), 4, True, 8)
     torch.testing.assert_close(gpu.cpu(), cpu)

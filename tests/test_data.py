@@ -177,16 +177,27 @@ def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
     assert not np.array_equal(held[0].splits["val"].images, held[2].splits["val"].images)
 
 
-def test_tensor_path_yields_uint8_and_transfers_to_normalized_float(image_folder):
+def test_tensor_path_yields_uint8_nhwc_and_transfers_to_normalized_channels_last(image_folder):
     module = CIFAR10DataModule(data_dir=str(image_folder), batch_size=16, eval_batch_size=64)
     module.setup("fit")
     images, labels = next(iter(module.val_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32) and labels.dtype == torch.int64
+    assert images.dtype == torch.uint8 and images.shape == (64, 32, 32, 3) and labels.dtype == torch.int64
     out, _ = module.on_after_batch_transfer((images, labels), 0)
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
     mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
-    expected = (images.float() / 255 - mean) / std
+    expected = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_training_images_are_stored_padded_once_and_batches_come_out_cropped(image_folder):
+    module = CIFAR10DataModule(data_dir=str(image_folder), batch_size=16, crop_padding=4)
+    module.setup("fit")
+    images, _ = next(iter(module.train_dataloader()))
+    assert images.shape == (16, 40, 40, 3)
+    assert (images[:, :4] == 0).all() and (images[:, :, -4:] == 0).all()  # the zero border of the crop
+    out = module.train_transform(images, epoch=0, index=0)
+    assert out.shape == (16, 3, 32, 32) and out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_pil_path_batches_match_the_tensor_path_without_augmentation(image_folder):

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from cifar_lit import baseline
-from cifar_lit.data.augment import channel_tensor
+from cifar_lit.data.augment import scale_and_shift
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.evaluation import TrainedModel, evaluate_images
 from cifar_lit.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
@@ -81,10 +81,9 @@ def test_trainer_evaluate_py_and_bare_loop_report_the_same_evaluation(image_fold
     trained = TrainedModel(module.eval(), datamodule.mean, datamodule.std, dict(module.hparams), {})
     by_report, _ = evaluate_images(trained, test.images, test.labels, batch_size=32, flip_tta=flip_tta)
 
-    images = torch.from_numpy(np.ascontiguousarray(test.images)).permute(0, 3, 1, 2).contiguous()
-    by_bare = baseline.evaluate(module.model, images, torch.from_numpy(test.labels), channel_tensor(datamodule.mean),
-                                channel_tensor(datamodule.std), 32, contextlib.nullcontext, torch.contiguous_format,
-                                flip_tta)
+    scale, shift = scale_and_shift(datamodule.mean, datamodule.std)
+    by_bare = baseline.evaluate(module.model, torch.from_numpy(test.images), torch.from_numpy(test.labels), scale,
+                                shift, 32, contextlib.nullcontext, channels_last=False, flip_tta=flip_tta)
 
     assert by_report["confusion_matrix"] == by_trainer["confusion"].tolist() == by_bare["confusion"].tolist()
     assert by_report["images"] == by_trainer["images"] == by_bare["images"] == len(test)

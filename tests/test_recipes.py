@@ -27,7 +27,6 @@ OPTIONS = {
     "pil-path": ["--data-path", "pil", "--num-workers", "0"],
     "val-split": ["--val-split", "50"],
     "computed-normalization": ["--normalization", "computed"],
-    "compile": ["--compile"],
 }
 
 
@@ -60,5 +59,3 @@ def test_option_trains(noisy_flags, tmp_path, name):
         assert checkpoint["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(0.005 * 60 / 256)
     if name == "val-split":
         assert summary["config"]["val_split"] == 50
-    if name == "compile":
-        assert summary["warmup_seconds"] > 0

@@ -36,18 +36,18 @@ def test_fast_dev_run_runs_one_batch_and_writes_nothing(tiny_flags, tmp_path):
 
 @pytest.mark.slow
 def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, capsys):
-    assert main([*tiny_flags, "--target-acc", "0.9", "--max-epochs", "6"]) == 0
+    assert main([*tiny_flags, "--width", "8", "--target-acc", "0.6", "--max-epochs", "6"]) == 0
     out = capsys.readouterr().out
     (run_dir,) = run_dirs(tmp_path / "logs")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["target_reached"] and summary["target_epoch"] == summary["epochs_run"] < 6
-    # accuracies are float32: exactly 90% is stored as 0.89999998
-    assert summary["best_val_acc"] >= 0.9 - REACHED_TOLERANCE and summary["test_acc"] >= 0.9 - REACHED_TOLERANCE
+    # accuracies are float32: exactly 60% is stored as 0.60000002, 90% as 0.89999998
+    assert summary["best_val_acc"] >= 0.6 - REACHED_TOLERANCE and summary["test_acc"] >= 0.6 - REACHED_TOLERANCE
     assert summary["target_seconds"] > 0 and summary["total_seconds"] >= summary["train_seconds"]
-    assert summary["config"]["target_acc"] == 0.9 and summary["config"]["batch_size"] == 30
+    assert summary["config"]["target_acc"] == 0.6 and summary["config"]["batch_size"] == 30
     assert {"torch", "pytorch_lightning", "torchvision"} <= set(summary["versions"])
     assert summary["device"].startswith("CPU") and len(summary["val_acc_per_epoch"]) == summary["epochs_run"]
-    assert f"target 90% reached at epoch {summary['target_epoch']}" in out
+    assert f"target 60% reached at epoch {summary['target_epoch']}" in out
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)
     for picture in ("accuracy.png", "loss.png", "misclassified.png", "correct.png"):
@@ -55,7 +55,7 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
             assert image.size[0] > 200 and image.size[1] > 100
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,train_acc") and len(rows) == summary["epochs_run"] + 1
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["target_acc"] == 0.9
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["target_acc"] == 0.6
     phases = summary["phase_seconds"]
     assert list(phases) == list(PHASES) and all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) == pytest.approx(summary["total_seconds"], rel=0.03)
@@ -68,7 +68,7 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     assert {"train/acc", "train/loss", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
     assert any(tag.startswith("lr") for tag in scalars)
     assert {f"phases/{name}" for name in PHASES} <= scalars
-    assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.9 - REACHED_TOLERANCE
+    assert [e.value for e in events.Scalars("val/acc")][-1] >= 0.6 - REACHED_TOLERANCE
     image_tags = events.Tags()["images"]
     assert "val/misclassified" in image_tags and "test/misclassified" in image_tags and "val/correct" in image_tags
     grid = events.Images("val/misclassified")[-1]

@@ -50,6 +50,7 @@ class RunSummary(RunFolderCallback):
             "global_steps": trainer.global_step,
             "train_seconds": self.timer.time_elapsed("train"),
             "warmup_seconds": getattr(pl_module, "warmup_seconds", 0.0),
+            "compile_cache": getattr(pl_module, "compile_cache", None),
             "val_acc_per_epoch": [row.get("val_acc") for row in self.history.rows],
             "images_per_second": self.history.steady_images_per_second(),
             "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,

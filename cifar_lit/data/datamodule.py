@@ -13,14 +13,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 
 from cifar_lit.data.augment import (
-    apply_cutout,
-    augment_batch,
+    augment,
     channel_tensor,
+    cutout_mask,
     denormalize,
-    draw_cutout_centers,
+    draw_codes,
+    input_dtype,
     normalize,
+    pad,
+    scale_and_shift,
 )
-from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import (
     SPLITS,
@@ -35,6 +38,7 @@ from cifar_lit.errors import DataError
 from cifar_lit.lightning_compat import epochs_trained
 from cifar_lit.option_types import NonNegativeInt, PositiveInt
 from cifar_lit.phases import phase
+from cifar_lit.warmup import compile_options
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +59,15 @@ def download_cifar10(data_dir: Path) -> None:
 
 
 class CutoutTransform:
-    """Cutout for one normalized CHW tensor on the PIL path, sharing the batched implementation."""
+    """Cutout for one normalized CHW tensor on the PIL path, with the batched path's mask."""
 
     def __init__(self, size: int) -> None:
         self.size = size
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        _, h, w = image.shape
-        centers = draw_cutout_centers(1, h, w, torch.default_generator, image.device)
-        return apply_cutout(image[None], centers, self.size)[0]
+        _, height, width = image.shape
+        centre_y, centre_x = torch.randint(0, height, (1,)), torch.randint(0, width, (1,))
+        return image.masked_fill(cutout_mask(centre_y, centre_x, self.size, (height, width)), 0.0)
 
 
 class CIFAR10DataModule(pl.LightningDataModule):
@@ -78,8 +82,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         download: fetch CIFAR-10 with torchvision when `data_dir` holds no copy.
         batch_size: training images per step on each device (the global batch is this times the devices).
         eval_batch_size: images per validation/test step.
-        data_path: "tensor" (uint8 tensors, augmentation batched on the device) or "pil" (torchvision transforms
-            per image in DataLoader workers, the classic path, kept for comparison).
+        data_path: "tensor" (uint8 NHWC tensors, augmentation batched on the device) or "pil" (torchvision
+            transforms per image in DataLoader workers, the classic path, kept for comparison).
         crop_padding: random-crop padding in pixels (0 disables the crop).
         flip: random horizontal flips.
         cutout: side of the Cutout square in pixels (0 disables it).
@@ -92,6 +96,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         shard_train_data: with several devices, keep only this rank's share of the training set on its device.
         channels_last: hand the model NHWC-strided batches (faster convolutions on tensor cores).
         normalization: "cifar10" uses the published constants; "computed" measures them on the training images.
+        compile: compile the batch transforms with torch.compile (one fused kernel per training batch).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         shard_train_data: bool = False,
         channels_last: bool = True,
         normalization: Literal["cifar10", "computed"] = "cifar10",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,8 +128,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._train_loader: TensorBatchLoader | None = None
-        self._channel_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._channel_constants: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._augment, self._normalize = augment, normalize
 
     # ------------------------------------------------------------------------------------------------ data on disk
 
@@ -151,6 +158,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if not self.splits:
             with phase("data"):
                 self._load_splits()
+        if self.hparams.compile and self._augment is augment:
+            self.compile_transforms(**compile_options())
 
     def _load_splits(self) -> None:
         train = load_split(self.data_dir, "train", self.cache_dir, self.hparams.verify_checksums)
@@ -186,10 +195,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return torch.device("cpu")
 
     def _as_tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A split as (uint8 NCHW images, int64 labels) on the training device, made once."""
+        """A split as (uint8 NHWC images, int64 labels) on the training device, made once; the training images are
+        stored zero-padded for the random crop. Validation and test share one copy when they are the same set."""
         if name not in self._tensors:
+            twin = next((other for other in ("val", "test") if other != name and other in self._tensors
+                         and self.splits.get(other) is self.splits[name]), None)
             with phase("data"):
-                self._tensors[name] = self._to_device(name)
+                self._tensors[name] = self._tensors[twin] if twin else self._to_device(name)
         return self._tensors[name]
 
     def _to_device(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +211,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if name == "train" and self.hparams.shard_train_data and world > 1:
             images, labels = images[rank::world], labels[rank::world]
         device = self._device()
-        images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        images_t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        if name == "train":
+            images_t = pad(images_t, self.hparams.crop_padding)
         return images_t, torch.from_numpy(np.asarray(labels)).to(device)
 
     def _current_epoch(self) -> int:
@@ -282,48 +296,74 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------- on-device transforms
 
-    def channel_constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) as (1, 3, 1, 1) tensors on `device`, built once per device."""
-        if device not in self._channel_constants:
-            self._channel_constants[device] = (channel_tensor(self.mean, device), channel_tensor(self.std, device))
-        return self._channel_constants[device]
+    def channel_constants(self, device: torch.device, kind: str = "scale_shift") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel constants on `device`, built once: ("scale_shift") the (scale, shift) that normalize uint8
+        NHWC batches, or ("mean_std") mean and std shaped (1, C, 1, 1) for NCHW batches."""
+        key = (kind, device)
+        if key not in self._channel_constants:
+            if kind == "scale_shift":
+                self._channel_constants[key] = scale_and_shift(self.mean, self.std, device)
+            else:
+                self._channel_constants[key] = (channel_tensor(self.mean, device), channel_tensor(self.std, device))
+        return self._channel_constants[key]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device)
         return self._generators[device]
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 batches become normalized float batches here; training batches are augmented first.
+    def _input_dtype(self) -> torch.dtype:
+        return input_dtype(str(self.trainer.precision)) if self.trainer is not None else torch.float32
 
-        A training batch's augmentation is seeded by (seed, epoch, batch index, rank), so it is the same whenever
-        that batch is trained, in an uninterrupted run or after a resume.
+    def compile_transforms(self, **options: Any) -> None:
+        """Compile the batch transforms (`torch.compile(**options)`): augmentation and normalization each become
+        one fused kernel per batch shape."""
+        self._augment = torch.compile(augment, **options)
+        self._normalize = torch.compile(normalize, **options)
+
+    def train_transform(self, images: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+        """A training batch of padded uint8 NHWC images, augmented and normalized into the network's input.
+
+        Its random draws are seeded by (seed, epoch, batch index, rank), so the batch is augmented the same way
+        whenever it is trained, in an uninterrupted run or after a resume.
         """
+        generator = self._generator(images.device)
+        generator.manual_seed(derive_seed(self.hparams.seed, epoch, index, self._rank_and_world()[0]))
+        hp = self.hparams
+        codes = draw_codes(len(images), hp.crop_padding, hp.flip, hp.cutout, (IMAGE_SIZE, IMAGE_SIZE), generator,
+                           images.device)
+        scale, shift = self.channel_constants(images.device)
+        return self._augment(images, codes, scale, shift, hp.crop_padding, hp.flip, hp.cutout, self._input_dtype(),
+                             hp.channels_last)
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """An evaluation batch of uint8 NHWC images, normalized into the network's input."""
+        scale, shift = self.channel_constants(images.device)
+        return self._normalize(images, scale, shift, self._input_dtype(), self.hparams.channels_last)
+
+    def example_batch(self, size: int, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random uint8 batch of the shape the loaders yield (for compiling every shape ahead of training)."""
+        side = IMAGE_SIZE + (2 * self.hparams.crop_padding if train else 0)
+        generator = torch.Generator(device=device).manual_seed(0)
+        images = torch.randint(0, 256, (size, side, side, 3), dtype=torch.uint8, generator=generator, device=device)
+        return images, torch.randint(0, len(self.class_names), (size,), generator=generator, device=device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 batches (the tensor path) become the network's input here; training batches are augmented first.
+        Batches of the PIL path arrive normalized and only get the memory format."""
         images, labels = batch
         if images.dtype == torch.uint8:
-            mean, std = self.channel_constants(images.device)
             if self.trainer is not None and self.trainer.training and self._train_loader is not None:
-                epoch, index = self._train_loader.next_batch_key()
-                generator = self._generator(images.device)
-                generator.manual_seed(derive_seed(self.hparams.seed, epoch, index, self._rank_and_world()[0]))
-                images = augment_batch(
-                    images,
-                    generator,
-                    mean,
-                    std,
-                    crop_padding=self.hparams.crop_padding,
-                    flip=self.hparams.flip,
-                    cutout=self.hparams.cutout,
-                )
+                images = self.train_transform(images, *self._train_loader.next_batch_key())
             else:
-                images = normalize(images, mean, std)
-        if self.hparams.channels_last:
+                images = self.eval_transform(images)
+        elif self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalized batches back to [0, 1] for pictures."""
-        mean, std = self.channel_constants(images.device)
+        """Normalized NCHW batches back to [0, 1] for pictures."""
+        mean, std = self.channel_constants(images.device, kind="mean_std")
         return denormalize(images, mean, std)
 
     def state_dict(self) -> dict[str, Any]:
