@@ -51,7 +51,12 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("fast_dev_run", bool, False, "run one batch of training, validation and test, write nothing, then stop"),
     ("logdir", str, "lightning_logs", "folder of the runs (version_N/ with TensorBoard logs and checkpoints)"),
     ("deterministic", bool, False, "use deterministic algorithms (bit-identical reruns; slower on GPUs)"),
+    ("ckpt_every_n_epochs", NonNegativeInt, 1,
+     "refresh last.ckpt after every N epochs; 0: only when training ends or a signal stops it (fewer writes, but a "
+     "kill -9 then loses everything trained so far)"),
     ("ckpt_every_n_steps", NonNegativeInt, 0, "also refresh last.ckpt every N training steps (0: only at epoch ends)"),
+    ("best_weights_only", bool, False,
+     "best-*.ckpt holds the weights only, not the optimizer state: half the bytes per save (resume from last.ckpt)"),
     ("log_every_n_steps", PositiveInt, 50, "how often step-level scalars are written"),
     ("progress_bar", bool, True, "show Lightning's progress bar"),
     ("sanity_val_steps", NonNegativeInt, 2, "validation batches run before training as a sanity check"),

@@ -15,6 +15,7 @@ from typing import Any
 from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE, StopAtTarget
 from cifar_lit.checkpoints import callback_state, check_compatible, find_last_checkpoint, load_checkpoint, run_dir_of
 from cifar_lit.config import parse_config
+from cifar_lit.errors import CheckpointError
 from cifar_lit.lightning_compat import epochs_completed
 from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.module import CIFARClassifier
@@ -68,6 +69,12 @@ def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
     path = find_last_checkpoint(logdir) if config["resume"] == "last" else Path(config["resume"])
     checkpoint = load_checkpoint(path)
     check_compatible(checkpoint, path, CIFARClassifier.network_state, RESNET18_WIDTH)
+    if "optimizer_states" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds the network's weights only (a best-*.ckpt of a run with --best-weights-only), not the "
+            "optimizer and loop state training needs. Resume from that run's last.ckpt; use this file with "
+            "evaluate.py."
+        )
     run_dir = run_dir_of(path)
     saved_config = run_dir / "config.yaml" if run_dir else None
     if saved_config is not None and saved_config.is_file():

@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from cifar_lit.callbacks.checkpointing import PhasedCheckpoint, StepCheckpoint
+from cifar_lit.callbacks.checkpointing import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
 from cifar_lit.callbacks.figures import ConfusionFigures
 from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.image_grids import PredictionGrids
@@ -76,13 +76,16 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
     callbacks["best"] = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-        monitor="val/acc", mode="max", save_top_k=1,
+        monitor="val/acc", mode="max", save_top_k=1, save_weights_only=config["best_weights_only"],
     )
-    # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
+    # last.ckpt after every N epochs. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
     # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
     latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                   enable_version_counter=False)
-    callbacks["last"] = PhasedCheckpoint(**latest, every_n_epochs=1)
+    if config["ckpt_every_n_epochs"]:
+        callbacks["last"] = PhasedCheckpoint(**latest, every_n_epochs=config["ckpt_every_n_epochs"])
+    else:
+        callbacks["last"] = FinalCheckpoint(guard.check, run_dir)
     if config["ckpt_every_n_steps"]:
         callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
     callbacks["graceful"] = GracefulStop(guard, run_dir)

@@ -22,6 +22,7 @@ from conftest import with_extra_callback
 from cifar_lit import checkpoints, run
 from cifar_lit.callbacks.history import read_history_csv
 from cifar_lit.module import CIFARClassifier
+from cifar_lit.report import main as evaluate
 from cifar_lit.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,6 +335,31 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(noisy_flags, tm
     assert checkpoints.load_checkpoint(folder / "last.ckpt")["global_step"] == 10
     assert checkpoints.load_checkpoint(folder / "best-epoch000.ckpt")["global_step"] == 10
     assert list(folder.glob(".*.tmp")) == []
+
+
+@pytest.mark.slow
+def test_fewer_checkpoints_last_once_at_the_end_and_a_weights_only_best(noisy_flags, tmp_path, monkeypatch, capsys):
+    saved = []
+    real_save = checkpoints.AtomicCheckpointIO.save_checkpoint
+
+    def record(self, checkpoint, path, storage_options=None):
+        saved.append((Path(path).name.split("-")[0], checkpoint["global_step"], "optimizer_states" in checkpoint))
+        return real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(checkpoints.AtomicCheckpointIO, "save_checkpoint", record)
+    assert main([*noisy_flags, "--width", "8", "--target-acc", "1.0", "--max-epochs", "3", "--ckpt-every-n-epochs",
+                 "0", "--best-weights-only"]) == 0
+    assert [(step, full) for name, step, full in saved if name == "last.ckpt"] == [(30, True)]
+    assert {full for name, _, full in saved if name == "best"} == {False}
+    run_dir = only_run(tmp_path / "logs")
+    (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert evaluate(["--ckpt", str(best), "--gpus", "0", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["--resume", str(best)]) == 2
+    assert "holds the network's weights only" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from cifar_lit.callbacks.run_folder import RunFolderCallback
+from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.lightning_compat import on_last_batch_of_epoch
 from cifar_lit.phases import phase
 
@@ -36,3 +40,18 @@ class StepCheckpoint(PhasedCheckpoint):
                            batch_idx: int) -> None:
         if not on_last_batch_of_epoch(trainer):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class FinalCheckpoint(RunFolderCallback):
+    """last.ckpt once, when training ends, for runs that skip the per-epoch ones (`--ckpt-every-n-epochs 0`): what
+    `--resume last` needs to test and summarise a stopped run, or to train on with a raised target. `before_save`
+    (the NaN guard's check) runs first, so a poisoned state is never written."""
+
+    def __init__(self, before_save: Callable[[], None], run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
+        self.before_save = before_save
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.before_save()
+        with phase("checkpoints"):
+            trainer.save_checkpoint(self.run_dir / CHECKPOINT_FOLDER / LAST_NAME)

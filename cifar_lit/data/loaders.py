@@ -75,13 +75,14 @@ class TensorBatchLoader:
         return -(-count // self.batch_size)
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for `epoch`: a strided share of one order shared by all ranks."""
-        n = len(self.labels)
+        """This rank's sample indices for `epoch`: a strided share of one order shared by all ranks, drawn on the
+        data's device (no host-to-device copy)."""
+        n, device = len(self.labels), self.labels.device
         if self.shuffle:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=generator).to(self.labels.device)
+            generator = torch.Generator(device=device).manual_seed(derive_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=generator, device=device)
         else:
-            order = torch.arange(n, device=self.labels.device)
+            order = torch.arange(n, device=device)
         return order[self.rank :: self.world_size][: self._rank_sample_count()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
