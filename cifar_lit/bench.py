@@ -2,10 +2,12 @@
 
 Each seed runs the real command, `python train.py --config configs/<preset>.yaml --seed S ...`, in a subprocess:
 its wall time is the end-to-end time, and its summary.json gives the training seconds to the target (Lightning's
-Timer from the first training step, compile warm-up excluded and reported apart), epochs, test accuracy, images/s
-and peak GPU memory. In the same invocation it runs the bare PyTorch loop (cifar_lit.baseline) on the same recipe
-and data path, and the PIL data path on the same preset, and reports both as ratios. GPU busy time is sampled with
-NVML during each run's training window when pynvml is available.
+Timer from the first training step, compile warm-up excluded and reported apart), epochs, test accuracy, images/s,
+peak GPU memory and where the run's seconds went (phases). All seeds share one compile cache that starts empty
+(--compile-cache to use another): with a compiled preset the first seed starts cold and the others warm, and the
+record reports cold and warm wall and warm-up seconds apart. In the same invocation it runs the bare PyTorch loop
+(cifar_lit.baseline) on the same recipe and data path, and the PIL data path on the same preset, and reports both as
+ratios. GPU busy time is sampled with NVML during each run's training window when pynvml is available.
 
 Writes benchmarks/results/<preset>-<device>-<date>.json and a markdown table beside it.
 """
@@ -119,9 +121,27 @@ def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[
         "peak_gpu_memory_mb": summary.get("peak_gpu_memory_mb"),
         "gpu_busy_percent": sampler.mean_between(summary.get("train_started_at"), summary.get("train_ended_at")),
         "total_seconds": summary.get("total_seconds"),
+        "compile_cache": (summary.get("compile_cache") or {}).get("state"),
         "phase_seconds": summary.get("phase_seconds") or {},
         "device": summary["device"],
     }
+
+
+SUMMARY_KEYS = ("train_seconds_to_target", "wall_seconds", "epochs_to_target", "test_acc", "images_per_second",
+                "warmup_seconds", "peak_gpu_memory_mb", "gpu_busy_percent")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median/min/max over the seeds of each figure and each phase; wall and warm-up seconds of the runs that
+    started cold (compiled everything) and warm (found it in the compile cache) apart."""
+    summary: dict[str, Any] = {key: spread([run[key] for run in runs]) for key in SUMMARY_KEYS}
+    summary["test_acc_mean"] = statistics.fmean([run["test_acc"] for run in runs])
+    summary["phase_seconds"] = {name: spread([run["phase_seconds"].get(name) for run in runs]) for name in PHASES}
+    for state in ("cold", "warm"):
+        started = [run for run in runs if run["compile_cache"] == state]
+        summary[f"{state}_start"] = {"runs": len(started), **{
+            key: spread([run[key] for run in started]) for key in ("wall_seconds", "warmup_seconds")}}
+    return summary
 
 
 def markdown_table(record: dict[str, Any]) -> str:
@@ -154,6 +174,12 @@ def markdown_table(record: dict[str, Any]) -> str:
     def median_range(key: str, pattern: str = "{:.2f}") -> str:
         return median_range_of(summary[key], pattern)
 
+    for state in ("cold", "warm"):
+        part = summary.get(f"{state}_start") or {}
+        if part.get("runs"):
+            lines.append(f"\n{state.capitalize()} start ({part['runs']} run(s)): wall seconds "
+                         f"{median_range_of(part['wall_seconds'], '{:.1f}')}, warm-up seconds "
+                         f"{median_range_of(part['warmup_seconds'], '{:.1f}')}.")
     lines += [
         "",
         f"Median (min–max) training seconds to {record['target_acc']:.0%}: {median_range('train_seconds_to_target')}; "
@@ -186,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pil-epochs", type=int, default=2, help="epochs of the PIL data path run (0: skip)")
     parser.add_argument("--pil-workers", type=int, default=8)
     parser.add_argument("--log", help="append every train.py output to this file")
+    parser.add_argument("--compile-cache", help="compile cache folder for every run (default: a new, empty one)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, flags passed to every train.py run")
     args = parser.parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
@@ -209,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config,
     }
     with tempfile.TemporaryDirectory(prefix="cifar_lit_bench_") as tmp, GpuBusySampler() as sampler:
+        extra = ["--compile-cache", args.compile_cache or str(Path(tmp) / "compile-cache"), *extra]
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             runs.append(run_train(preset, seed, args.data_dir, Path(tmp) / f"seed{seed}", extra, sampler, log_file))
@@ -230,14 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         record["bare_pytorch"] = bare_training_run(bare_config, device, precision)
         print(f"bare: {json.dumps({k: v for k, v in record['bare_pytorch'].items() if k != 'val_acc_per_epoch'})}")
 
-    keys = ("train_seconds_to_target", "wall_seconds", "epochs_to_target", "test_acc", "images_per_second",
-            "warmup_seconds", "peak_gpu_memory_mb", "gpu_busy_percent")
-    record["summary"] = {key: spread([run[key] for run in runs]) for key in keys}
-    record["summary"]["test_acc_mean"] = statistics.fmean([run["test_acc"] for run in runs])
-    record["summary"]["phase_seconds"] = {name: spread([run["phase_seconds"].get(name) for run in runs])
-                                          for name in PHASES}
+    record["summary"] = summarize(runs)
     # The top-level fields the record format promises, as medians over the seeds.
-    for key in keys:
+    for key in SUMMARY_KEYS:
         record[key] = record["summary"][key]["median"]
     lightning_ips = record["summary"]["images_per_second"]["median"]
     ratios = {}
