@@ -91,6 +91,7 @@ class CIFARClassifier(pl.LightningModule):
         self.train_acc.persistent(True)
         self.train_loss.persistent(True)
         self._fresh_train_metrics = False
+        self._train_metrics_logged_in: int | None = None  # the epoch in which they were last handed to Lightning
         # Validation and test: everything an evaluation reports, from one vector of sums per batch.
         self.val_sums = EvaluationSums(num_classes)
         self.test_sums = EvaluationSums(num_classes)
@@ -167,8 +168,12 @@ class CIFARClassifier(pl.LightningModule):
             loss, sums = self._train_forward(images, labels)
             self.train_acc.update(sums[0:2])
             self.train_loss.update(sums[2:4])
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            if self._train_metrics_logged_in != self.current_epoch:
+                # Lightning reads a logged metric object when the epoch ends, so handing it over once per epoch
+                # is enough; every call walks and moves the metric's state, most of the loop's cost per step.
+                self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+                self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+                self._train_metrics_logged_in = self.current_epoch
             return {"loss": loss}
         sums, predictions = self._eval_forward(images, labels)
         getattr(self, f"{stage}_sums").update(sums)
