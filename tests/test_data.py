@@ -227,3 +227,19 @@ def _finished_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_the_image_folder_is_listed_and_checked_once_per_process(image_folder, monkeypatch):
+    listed = []
+    real_list = sources.list_image_folder
+    monkeypatch.setattr(sources, "list_image_folder", lambda *args: listed.append(args[1]) or real_list(*args))
+    module = CIFAR10DataModule(data_dir=str(image_folder))
+    module.prepare_data()
+    module.setup("fit")
+    module.prepare_data()  # Lightning calls it again inside fit
+    module.setup("fit")
+    assert sorted(listed) == ["test", "train"]  # once per split: decoded, cached and kept for setup
+    listed.clear()
+    other_rank = CIFAR10DataModule(data_dir=str(image_folder))
+    other_rank.setup("fit")  # a process that did not prepare loads the splits itself
+    assert sorted(listed) == ["test", "train"] and len(other_rank.splits["train"]) == 300

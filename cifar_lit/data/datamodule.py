@@ -126,6 +126,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.mean: tuple[float, ...] = CIFAR10_MEAN
         self.std: tuple[float, ...] = CIFAR10_STD
         self.splits: dict[str, Split] = {}
+        self._prepared: dict[str, Split] = {}  # image-folder splits read by prepare_data, until setup takes them
+        self._prepared_here = False
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._train_loader: TensorBatchLoader | None = None
         self._channel_constants: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -143,7 +145,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return Path(self.hparams.cache_dir).expanduser() if self.hparams.cache_dir else None
 
     def prepare_data(self) -> None:
-        """Download when missing and allowed; decode an image folder into its cache once (rank zero only)."""
+        """Download when missing and allowed; decode an image folder into its cache once.
+
+        The splits an image folder yields here are kept for `setup` in this process, so the folder's 60,000 files
+        are listed and checked once per run, not once per call (train.py and Lightning both call this). A process
+        that did not run it (another DDP rank) loads them in `setup`.
+        """
+        if self._prepared_here:
+            return
+        self._prepared_here = True
         with phase("data"):
             data_format = detect_format(self.data_dir)
             if data_format is None:
@@ -151,8 +161,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
                     raise DataError(missing_data_message(self.data_dir))
                 download_cifar10(self.data_dir)
             elif data_format == "image_folder":
-                for split in SPLITS:
-                    load_image_folder_split(self.data_dir, split, self.cache_dir)
+                self._prepared = {split: load_image_folder_split(self.data_dir, split, self.cache_dir)
+                                  for split in SPLITS}
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -162,8 +172,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self.compile_transforms(**compile_options())
 
     def _load_splits(self) -> None:
-        train = load_split(self.data_dir, "train", self.cache_dir, self.hparams.verify_checksums)
-        test = load_split(self.data_dir, "test", self.cache_dir, self.hparams.verify_checksums)
+        train, test = (self._prepared.get(split) or load_split(self.data_dir, split, self.cache_dir,
+                                                                self.hparams.verify_checksums) for split in SPLITS)
+        self._prepared = {}
         if self.hparams.normalization == "computed":
             self.mean, self.std = channel_stats(train.images)
             log.info("Normalization computed on the training images: mean %s, std %s", self.mean, self.std)
