@@ -7,7 +7,8 @@ behaviour. Upgrading Lightning is then this file and that test run.
 
 from __future__ import annotations
 
-import signal
+import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "epochs_completed",
     "epochs_trained",
     "forget_threshold_stop",
+    "hide_unactionable_messages",
     "is_lightning_sigterm",
     "keep_own_signal_handlers",
     "on_last_batch_of_epoch",
@@ -119,8 +121,6 @@ def is_lightning_sigterm(exception: BaseException) -> bool:
     return isinstance(exception, SIGTERMException)
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 
 # ---------------------------------------------------------------------------------------------- checkpoint IO
 
@@ -157,3 +157,28 @@ def forget_threshold_stop(early_stopping: EarlyStopping) -> None:
     """Undo a restored threshold stop (a resumed run with a raised target must not stop on the old one)."""
     early_stopping.stopping_reason = EarlyStoppingReason.NOT_STOPPED
     early_stopping.stopping_reason_message = None
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+# Lightning 2.6 messages a cifar_lit user can do nothing about. The tips advertise optional cloud products on every
+# run; the pytree deprecation comes from Lightning's own code under torch >= 2.10; the non-empty checkpoint folder
+# is the resumed run's own folder.
+UNACTIONABLE_LOG_PREFIXES = ("💡 Tip:",)
+UNACTIONABLE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                         r"Checkpoint directory .* exists and is not empty")
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(UNACTIONABLE_LOG_PREFIXES)
+
+
+def hide_unactionable_messages() -> None:
+    """Keep Lightning's un-actionable tips and warnings (above) out of the run's output; idempotent."""
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_tip not in logger.filters:
+            logger.addFilter(_not_a_tip)
+    for pattern in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)

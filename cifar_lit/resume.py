@@ -6,13 +6,17 @@ is written.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.callbacks import Callback
+
 from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE, StopAtTarget
+from cifar_lit.callbacks.summary import SUMMARY_NAME
 from cifar_lit.checkpoints import callback_state, check_compatible, find_last_checkpoint, load_checkpoint, run_dir_of
 from cifar_lit.config import parse_config
 from cifar_lit.errors import CheckpointError
@@ -35,7 +39,31 @@ class ResumePlan:
     checkpoint: dict[str, Any]
     run_dir: Path | None
     config: dict[str, Any]
-    nothing_to_do: str | None  # the message when the run is already complete
+    nothing_to_do: str | None  # the message when the run's training is already complete
+
+    @property
+    def test_only(self) -> bool:
+        """Training is complete but the run was never tested and summarised (a signal cut the test or the report):
+        resuming runs the test and writes the summary."""
+        return self.nothing_to_do is not None and self.run_dir is not None and not summary_is_current(
+            self.run_dir / SUMMARY_NAME, self.checkpoint)
+
+
+def summary_is_current(path: Path, checkpoint: dict[str, Any]) -> bool:
+    """Whether `path` is a complete summary of the training state `checkpoint` holds (same number of steps)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("global_steps") == checkpoint.get("global_step") and summary.get("test_acc") is not None
+
+
+def restore_callback_states(callbacks: list[Callback], checkpoint: dict[str, Any]) -> None:
+    """Give each callback its state from `checkpoint`, as a resumed fit would (Callback.state_key is public API)."""
+    states = checkpoint.get("callbacks") or {}
+    for callback in callbacks:
+        if callback.state_key in states:
+            callback.load_state_dict(states[callback.state_key])
 
 
 def ignored_on_resume(checkpoint: dict[str, Any], config: dict[str, Any]) -> list[str]:

@@ -26,12 +26,18 @@ from cifar_lit.compile_cache import compile_cache
 from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import UserError
-from cifar_lit.lightning_compat import is_lightning_sigterm
+from cifar_lit.lightning_compat import (
+    epochs_completed,
+    hide_unactionable_messages,
+    is_lightning_sigterm,
+    keep_own_signal_handlers,
+)
 from cifar_lit.module import CIFARClassifier
 from cifar_lit.phases import PhaseClock
 from cifar_lit.provenance import command_line, git_commit
-from cifar_lit.resume import plan_resume
+from cifar_lit.resume import ResumePlan, plan_resume, restore_callback_states
 from cifar_lit.run_dir import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
+from cifar_lit.signals import Interrupted, SignalGuard
 from cifar_lit.trainer import build_callbacks, build_trainer, resolve_hardware
 
 log = logging.getLogger("cifar_lit")
@@ -39,37 +45,42 @@ EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 
 
-def train(argv: Sequence[str], clock: PhaseClock) -> int:
+def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
     config = parse_config(argv)
     plan = plan_resume(config, argv) if config["resume"] else None
     if plan is not None:
         config = plan.config
-        if plan.nothing_to_do:
+        if plan.nothing_to_do and not plan.test_only:
             print(plan.nothing_to_do)
             return 0
-        log.info("Resuming from %s", plan.checkpoint_path)
+        log.info("Resuming from %s%s", plan.checkpoint_path,
+                 ": training is complete, so only the test runs and the summary is written" if plan.test_only else "")
 
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, config))
+    resolve_hardware(config)  # refuses --gpus N without N GPUs before any download or run folder
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
     datamodule.setup("fit")
-    resolve_hardware(config)  # refuses --gpus N without N GPUs before any run folder exists
     model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
 
     if config["compile"]:
         check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
-    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock)
+    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals)
     previous_env = os.environ.get(RUN_DIR_ENV)
     try:
         trainer = build_trainer(config, callbacks, run_dir)
+        if trainer.world_size == 1:
+            keep_own_signal_handlers(trainer, signals.install)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
         with compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext():
-            return fit_and_test(trainer, model, datamodule, callbacks, config, plan.checkpoint_path if plan else None)
-    except UserError:
+            return fit_and_test(trainer, model, datamodule, callbacks, config, plan)
+    except (UserError, Interrupted) as stop:
+        if isinstance(stop, Interrupted):
+            stop.run_dir = callbacks["graceful"].run_dir if "graceful" in callbacks else run_dir
         remove_if_unused(run_dir, created)
         raise
     finally:
@@ -80,63 +91,91 @@ def train(argv: Sequence[str], clock: PhaseClock) -> int:
 
 
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
-                 callbacks: dict[str, Any], config: dict[str, Any], checkpoint_path: Any) -> int:
+                 callbacks: dict[str, Any], config: dict[str, Any], plan: ResumePlan | None) -> int:
     graceful: GracefulStop | None = callbacks.get("graceful")
-    handlers_before = {signum: signal.getsignal(signum) for signum in GracefulStop.SIGNALS}
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
-    except NonFiniteLoss as bad:
-        run_dir = callbacks["history"].run_dir if "history" in callbacks else None
-        last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
-        kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
-        print(
-            f"error: the training loss became NaN or infinite at step {bad.step} (epoch {bad.epoch + 1}); training "
-            f"stopped there and nothing was saved after it: {kept}. Lower --lr or use --precision 32-true, then "
-            "resume from that checkpoint.",
-            file=sys.stderr,
-        )
-        return EXIT_NON_FINITE
-    except BaseException as stop:
-        if not (isinstance(stop, StopRequested) or is_lightning_sigterm(stop)):
-            raise
-        signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
-        saved = graceful.saved if graceful is not None else None
-        where = f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
-        print(
-            f"Stopped by signal {signum} {where}; saved {saved}. "
-            f"Resume with: python train.py --resume last --logdir {config['logdir']}",
-            file=sys.stderr,
-        )
-        return 128 + signum
-    finally:
-        for signum, handler in handlers_before.items():
-            signal.signal(signum, handler)
-    if config["fast_dev_run"]:
-        trainer.test(model, datamodule=datamodule)
-        print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
-        return 0
-    summary = callbacks["summary"]
+    summary = callbacks.get("summary")
+    signals = graceful.signals if graceful is not None else SignalGuard()
+    if plan is not None and plan.test_only:
+        restore_callback_states(trainer.callbacks, plan.checkpoint)
+        callbacks["phases"].carry_restored()
+        summary.collect(trainer, model, epochs_completed(plan.checkpoint), plan.checkpoint["global_step"])
+    else:
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=plan.checkpoint_path if plan else None,
+                        weights_only=True)
+        except NonFiniteLoss as bad:
+            return non_finite_loss(bad, graceful.run_dir if graceful else None)
+        except BaseException as stop:
+            if not (isinstance(stop, StopRequested) or is_lightning_sigterm(stop)):
+                raise
+            saved = graceful.saved if graceful is not None else None
+            print(f"Stopped by signal {graceful.signum if graceful else signal.SIGTERM} at epoch "
+                  f"{trainer.current_epoch + 1}, step {trainer.global_step}; saved {saved}. "
+                  f"Resume with: python train.py --resume {saved or 'last --logdir ' + config['logdir']}",
+                  file=sys.stderr)
+            return 128 + (graceful.signum if graceful and graceful.signum else signal.SIGTERM)
+        finally:
+            signals.deferring = False  # held until fit returns, so last.ckpt's final write is never cut
+        if config["fast_dev_run"]:
+            trainer.test(model, datamodule=datamodule)
+            print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
+            return 0
+        if graceful is not None and graceful.signum is not None:
+            last = graceful.run_dir / CHECKPOINT_FOLDER / LAST_NAME
+            print(f"Stopped by signal {graceful.signum} after the last training step, before the test; {last} holds "
+                  f"the finished training (epoch {trainer.current_epoch}, step {trainer.global_step}). Resume with: "
+                  f"python train.py --resume {last} (it runs the test and writes the summary)", file=sys.stderr)
+            return 128 + graceful.signum
     callbacks["phases"].clock.switch("test")
     trainer.test(model, datamodule=datamodule, ckpt_path=summary.facts["best_checkpoint"], weights_only=True)
     if summary.summary is not None:
         print(closing_line(summary.summary))
-    if graceful is not None and graceful.signum is not None:
-        # the signal came during the last validation: training had finished, so the test and summary were done
-        print(f"Signal {graceful.signum} arrived after the last training step; the run finished and was tested.",
-              file=sys.stderr)
-        return 128 + graceful.signum
     return 0
+
+
+def non_finite_loss(bad: NonFiniteLoss, run_dir: Path | None) -> int:
+    last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
+    kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
+    print(
+        f"error: the training loss became NaN or infinite at step {bad.step} (epoch {bad.epoch + 1}); training "
+        f"stopped there and nothing was saved after it: {kept}. Lower --lr or use --precision 32-true, then "
+        "resume from that checkpoint.",
+        file=sys.stderr,
+    )
+    return EXIT_NON_FINITE
+
+
+def interrupted(stop: Interrupted, argv: Sequence[str]) -> str:
+    """The line for a signal that stopped the run at once: what is on disk, and the command that carries on."""
+    where = f"during {stop.phase}" if stop.phase else "at start-up"
+    last = stop.run_dir / CHECKPOINT_FOLDER / LAST_NAME if stop.run_dir is not None else None
+    if last is None or not last.is_file():
+        return (f"Stopped by signal {stop.signum} {where}, before any training was saved; nothing was written. "
+                f"Run again with: {command_line(list(argv), 'train.py')}")
+    finished = stop.phase in ("test", "reports")
+    state = "holds the finished training" if finished else "holds the last complete save"
+    then = " (it runs the test and writes the summary)" if finished else ""
+    return (f"Stopped by signal {stop.signum} {where}; {last} {state}. "
+            f"Resume with: python train.py --resume {last}{then}")
 
 
 def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
     """`started`: when the process began (train.py passes the time before its imports); default now."""
-    clock = PhaseClock(started)
-    phases.activate(clock)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signals = SignalGuard()
+    signals.install()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return train(list(sys.argv[1:] if argv is None else argv), clock)
+        clock = PhaseClock(started)
+        phases.activate(clock)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        hide_unactionable_messages()
+        return train(argv, clock, signals)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as stop:
+        print(interrupted(stop, argv), file=sys.stderr)
+        return 128 + stop.signum
     finally:
+        signals.uninstall()
         phases.activate(None)

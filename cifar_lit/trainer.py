@@ -16,6 +16,7 @@ from cifar_lit.callbacks.checkpointing import FinalCheckpoint, PhasedCheckpoint,
 from cifar_lit.callbacks.figures import ConfusionFigures
 from cifar_lit.callbacks.history import EpochHistory
 from cifar_lit.callbacks.image_grids import PredictionGrids
+from cifar_lit.callbacks.log_cadence import LogEveryEpoch
 from cifar_lit.callbacks.phases import PhaseTimer
 from cifar_lit.callbacks.progress import LossProgressBar
 from cifar_lit.callbacks.run_folder import ConfigRecord
@@ -26,6 +27,7 @@ from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpoint
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.errors import ConfigError
 from cifar_lit.phases import PhaseClock
+from cifar_lit.signals import SignalGuard
 
 
 def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
@@ -47,7 +49,7 @@ def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
-                    command: str, commit: str | None, clock: PhaseClock) -> dict[str, Any]:
+                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard) -> dict[str, Any]:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -60,6 +62,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         "timer": timer,
         "stop": StopAtTarget(config["target_acc"], timer),
         "guard": guard,
+        "cadence": LogEveryEpoch(),
     }
     if config["progress_bar"]:
         callbacks["progress"] = LossProgressBar(refresh_rate=10)
@@ -88,7 +91,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks["last"] = FinalCheckpoint(guard.check, run_dir)
     if config["ckpt_every_n_steps"]:
         callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
-    callbacks["graceful"] = GracefulStop(guard, run_dir)
+    callbacks["graceful"] = GracefulStop(guard, run_dir, signals)
     callbacks["summary"] = RunSummary(config, command, commit, clock, timer, callbacks["stop"], callbacks["best"],
                                       callbacks["history"], run_dir)
     return callbacks

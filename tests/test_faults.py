@@ -222,8 +222,10 @@ def test_signal_saves_a_checkpoint_and_resume_continues(noisy_flags, tmp_path, s
     out, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, err
     message = [line for line in err.splitlines() if line.startswith("Stopped by signal")]
-    assert len(message) == 1 and "Resume with: python train.py --resume last" in message[0]
-    stopped = checkpoints.load_checkpoint(only_run(logdir) / "checkpoints" / "last.ckpt")
+    last = only_run(logdir) / "checkpoints" / "last.ckpt"
+    assert len(message) == 1 and message[0].endswith(f"Resume with: python train.py --resume {last}")
+    assert "weights_only" not in err
+    stopped = checkpoints.load_checkpoint(last)
     assert 10 <= stopped["global_step"] < 30
     assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
@@ -363,11 +365,19 @@ def test_fewer_checkpoints_last_once_at_the_end_and_a_weights_only_best(noisy_fl
 
 
 @pytest.mark.slow
-def test_signal_on_the_last_step_still_tests_and_summarises_the_finished_run(noisy_flags, tmp_path, monkeypatch,
+def test_signal_on_the_last_step_stops_before_the_test_and_resume_only_tests(noisy_flags, tmp_path, monkeypatch,
                                                                               capsys):
     logdir = tmp_path / "logs"
     with_extra_callback(monkeypatch, SignalAtStep(20))
-    assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "2"]) == 128 + signal.SIGTERM
-    summary = json.loads((only_run(logdir) / "summary.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["test_acc"] is not None
-    assert "the run finished and was tested" in capsys.readouterr().err
+    assert main([*noisy_flags, "--width", "8", "--target-acc", "1.0", "--max-epochs", "2"]) == 128 + signal.SIGTERM
+    run_dir = only_run(logdir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"before the test; {last} holds the finished training (epoch 2, step 20)" in capsys.readouterr().err
+    assert checkpoints.load_checkpoint(last)["global_step"] == 20 and not (run_dir / "summary.json").exists()
+    monkeypatch.undo()
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["global_steps"] == 20 and summary["test_acc"] is not None
+    assert len(summary["val_acc_per_epoch"]) == 2 and summary["best_val_acc"] == max(summary["val_acc_per_epoch"])
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    assert "Nothing to do" in capsys.readouterr().out, "a tested run is not tested again"

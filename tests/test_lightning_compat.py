@@ -3,19 +3,23 @@ that function relies on (the function's docstring says why it is needed)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lit import lightning_compat as compat
+from cifar_lit.signals import SIGNALS
 
 
 class Tiny(pl.LightningModule):
@@ -162,10 +166,10 @@ def test_keep_own_signal_handlers_takes_sigterm_back_during_fit(tmp_path):
     def ours(signum, frame):
         pass
 
-    previous = {signum: signal.getsignal(signum) for signum in compat.SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     seen = []
     try:
-        for signum in compat.SIGNALS:
+        for signum in SIGNALS:
             signal.signal(signum, ours)
         plain = trainer(tmp_path, callbacks=[Record("on_train_start", lambda t: seen.append(
             signal.getsignal(signal.SIGTERM)))], limit_val_batches=0)
@@ -239,3 +243,18 @@ def test_threshold_reached_and_forgotten(tmp_path):
     assert fitted.current_epoch == 2 and compat.threshold_reached(stop)
     compat.forget_threshold_stop(stop)
     assert not compat.threshold_reached(stop)
+
+
+def test_unactionable_messages_are_hidden_and_still_exist(tmp_path, caplog, recwarn):
+    caplog.set_level(logging.INFO)
+    for name in compat.LIGHTNING_INFO_LOGGERS:  # as before any run in this process hid them
+        logging.getLogger(name).removeFilter(compat._not_a_tip)
+    trainer(tmp_path, logger=TensorBoardLogger(tmp_path))
+    assert "💡 Tip:" in caplog.text, "Lightning no longer prints its tips: the filter may go"
+    caplog.clear()
+    compat.hide_unactionable_messages()
+    trainer(tmp_path, logger=TensorBoardLogger(tmp_path))
+    assert "💡 Tip:" not in caplog.text and "GPU available" in caplog.text, "only the tips are hidden"
+    warnings.warn("Checkpoint directory /x exists and is not empty.", UserWarning, stacklevel=1)
+    warnings.warn("something a user can act on", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in recwarn] == ["something a user can act on"]

@@ -54,4 +54,4 @@ class FinalCheckpoint(RunFolderCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.before_save()
         with phase("checkpoints"):
-            trainer.save_checkpoint(self.run_dir / CHECKPOINT_FOLDER / LAST_NAME)
+            trainer.save_checkpoint(self.run_dir / CHECKPOINT_FOLDER / LAST_NAME, weights_only=False)

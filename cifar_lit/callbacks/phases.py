@@ -59,5 +59,10 @@ class PhaseTimer(Callback):
         self._restored = {name: float(saved.get(name, 0.0)) for name in PHASES}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.carry_restored()
+
+    def carry_restored(self) -> None:
+        """Count the restored seconds of earlier processes as this run's (a resumed fit, or a finished run that
+        is only tested)."""
         if self._restored is not None:
             self.clock.carried = self._restored

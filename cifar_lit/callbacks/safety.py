@@ -14,6 +14,7 @@ from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.lightning_compat import is_lightning_sigterm, on_last_batch_of_epoch
 from cifar_lit.phases import phase
+from cifar_lit.signals import SignalGuard
 
 
 class StopRequested(Exception):
@@ -84,50 +85,50 @@ class NonFiniteLossGuard(Callback):
 
 
 class GracefulStop(RunFolderCallback):
-    """On SIGTERM or the first Ctrl-C, finish the batch in hand, save the run's last.ckpt, and stop (StopRequested).
+    """While the training loop runs, a first SIGTERM or Ctrl-C is held (cifar_lit.signals) until the step in hand
+    ends; then last.ckpt is saved and the run stops (StopRequested).
 
-    In a single process the handlers are installed when training starts, after Lightning has installed its own
-    SIGTERM handler, and replace it: Lightning's would raise in the middle of a validation pass, leaving a
-    checkpoint whose epoch is half evaluated. Here the stop always happens after a training step that is not an
-    epoch's last, so the checkpoint resumes exactly; a signal during validation or the last step takes effect
-    after the next step. A second Ctrl-C interrupts at once. With several processes Lightning's handler stays (it
-    tells the other ranks) and its exception gets the same checkpoint. The caller restores the handlers that were
-    there before fitting.
+    Lightning installs its own SIGTERM handler at the start of every fit and test; its loops would then raise in
+    the middle of a validation pass or of the final test. In a single process cifar_lit.run puts the project's
+    handler back each time (lightning_compat.keep_own_signal_handlers), and the stop always happens after a
+    training step that is not an epoch's last, so the checkpoint resumes exactly; a signal during validation or an
+    epoch's last step takes effect after the next step, and one after the last step lets training end (cifar_lit.run
+    then stops before the test). With several processes Lightning's handler stays (it tells the other ranks), and
+    its exception gets the same checkpoint if it comes while training, never during the test.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, guard: NonFiniteLossGuard | None = None, run_dir: Path | None = None) -> None:
+    def __init__(self, guard: NonFiniteLossGuard | None = None, run_dir: Path | None = None,
+                 signals: SignalGuard | None = None) -> None:
         super().__init__(run_dir)
         self.guard = guard
-        self.signum: int | None = None
+        self.signals = signals or SignalGuard()
         self.saved: Path | None = None
+        self.lightning_signum: int | None = None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size == 1:
-            for signum in self.SIGNALS:
-                signal.signal(signum, self._handle)
+    @property
+    def signum(self) -> int | None:
+        return self.signals.signum or self.lightning_signum
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.deferring = trainer.world_size == 1
 
     def _save(self, trainer: pl.Trainer) -> None:
         if self.guard is not None:
             self.guard.check()
         path = self.run_dir / CHECKPOINT_FOLDER / LAST_NAME
         with phase("checkpoints"):
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
         self.saved = path
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signum is not None and trainer.world_size == 1 and not on_last_batch_of_epoch(trainer):
+        if self.signals.signum is not None and self.signals.deferring and not on_last_batch_of_epoch(trainer):
+            self.signals.deferring = False
             self._save(trainer)
-            raise StopRequested(self.signum, self.saved, trainer.current_epoch, trainer.global_step)
+            raise StopRequested(self.signals.signum, self.saved, trainer.current_epoch, trainer.global_step)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if is_lightning_sigterm(exception) and self.saved is None and not trainer.sanity_checking:
-            self.signum = signal.SIGTERM
+        self.signals.deferring = False
+        if is_lightning_sigterm(exception) and self.saved is None and trainer.training:
+            self.lightning_signum = signal.SIGTERM
             self._save(trainer)

@@ -22,6 +22,8 @@ TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "
 HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
 
 
+SUMMARY_NAME = "summary.json"
+
 class RunSummary(RunFolderCallback):
     """Collects what fitting achieved when it ends (before testing loads the best checkpoint) and, after the
     final test, writes `<run>/summary.json` and fills TensorBoard's HPARAMS tab with the config beside the results.
@@ -39,6 +41,11 @@ class RunSummary(RunFolderCallback):
         self.summary: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.collect(trainer, pl_module, trainer.current_epoch, trainer.global_step)
+
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_run: int, global_steps: int) -> None:
+        """What the summary says of training, from the callbacks' state: at the end of fit, or restored from
+        last.ckpt when a finished run is only tested (cifar_lit.run)."""
         device = trainer.strategy.root_device
         best_score = self.best.best_model_score
         self.facts = {
@@ -46,8 +53,8 @@ class RunSummary(RunFolderCallback):
             "target_reached": self.stop.reached_epoch is not None,
             "target_epoch": self.stop.reached_epoch,
             "target_seconds": self.stop.reached_seconds,
-            "epochs_run": trainer.current_epoch,
-            "global_steps": trainer.global_step,
+            "epochs_run": epochs_run,
+            "global_steps": global_steps,
             "train_seconds": self.timer.time_elapsed("train"),
             "warmup_seconds": getattr(pl_module, "warmup_seconds", 0.0),
             "compile_cache": getattr(pl_module, "compile_cache", None),
@@ -86,7 +93,7 @@ class RunSummary(RunFolderCallback):
             "run_dir": str(self.run_dir),
             "config": self.config,
         }
-        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         self._log_hparams_view(trainer, summary)
         self.summary = summary
 
