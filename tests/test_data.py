@@ -143,6 +143,13 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DataError, match=r"Downloading CIFAR-10 into .* failed.*--no-download"):
         CIFAR10DataModule(data_dir=str(tmp_path / "new"), download=True).prepare_data()
+    assert not (tmp_path / "new").exists(), "a failed download leaves no folder that the next run could mistake"
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        CIFAR10DataModule(data_dir=str(kept), download=True).prepare_data()
+    assert [path.name for path in kept.iterdir()] == ["notes.txt"], "only what the download added is removed"
 
 
 def test_channel_stats_of_known_images():

@@ -76,6 +76,19 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
 
 
 @pytest.mark.slow
+def test_lr_and_step_loss_reach_tensorboard_every_epoch_whatever_log_every_n_steps(tiny_flags, tmp_path):
+    flags = [*tiny_flags, "--width", "8", "--target-acc", "1.0", "--max-epochs", "3", "--log-every-n-steps", "50"]
+    assert main(flags) == 0  # 10 steps per epoch: at 50, Lightning alone would log no step scalar at all
+    (run_dir,) = run_dirs(tmp_path / "logs")
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    lr_tag = next(tag for tag in events.Tags()["scalars"] if tag.startswith("lr"))
+    for tag in (lr_tag, "train/loss_step"):
+        steps = [event.step for event in events.Scalars(tag)]
+        assert len(steps) == 3 and len({step // 10 for step in steps}) == 3, (tag, steps)
+
+
+@pytest.mark.slow
 def test_resume_last_carries_on_epochs_steps_and_history(tiny_flags, tmp_path):
     logdir = tmp_path / "logs"
     assert main([*tiny_flags, "--target-acc", "1.0", "--max-epochs", "1"]) == 0
@@ -203,6 +216,17 @@ def test_resume_last_without_any_run(tiny_flags, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpus_without_a_gpu(tiny_flags, tmp_path, capsys):
     expect_clean_error([*tiny_flags, "--gpus", "1"], capsys, tmp_path / "logs", "--gpus 1", "--gpus 0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the order on a machine without a GPU")
+def test_missing_gpu_is_reported_before_any_download_is_tried(tmp_path, capsys, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    tried = []
+    monkeypatch.setattr(CIFAR10, "download", lambda self: tried.append(self.root))
+    assert main(["--gpus", "1", "--data-dir", str(tmp_path / "data"), "--logdir", str(tmp_path / "logs")]) == 2
+    assert "--gpus 1 asks for 1 GPU(s)" in capsys.readouterr().err
+    assert tried == [] and not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
 
 
 @pytest.mark.slow

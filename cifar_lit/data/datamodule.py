@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,13 +45,26 @@ log = logging.getLogger(__name__)
 
 
 def download_cifar10(data_dir: Path) -> None:
-    """Fetch torchvision's CIFAR-10 into `data_dir`, turning any failure into a DataError that says what to do."""
+    """Fetch torchvision's CIFAR-10 into `data_dir`, turning any failure into a DataError that says what to do.
+
+    A failed or interrupted download leaves nothing behind: what it added to `data_dir` (the folder itself, when it
+    created it) is removed, so the next run does not mistake a partial archive or folder for the data set.
+    """
     from torchvision.datasets import CIFAR10
 
+    existed = data_dir.is_dir()
+    before = set(data_dir.iterdir()) if existed else set()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         CIFAR10(str(data_dir), train=True, download=True)
-    except Exception as error:
+    except BaseException as error:
+        if not existed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            for added in set(data_dir.iterdir()) - before:
+                shutil.rmtree(added, ignore_errors=True) if added.is_dir() else added.unlink(missing_ok=True)
+        if not isinstance(error, Exception):
+            raise
         raise DataError(
             f"Downloading CIFAR-10 into {data_dir} failed ({type(error).__name__}: {error}). Check the network "
             "connection and that the folder is writable, or pass --no-download and point --data-dir at a local copy "
