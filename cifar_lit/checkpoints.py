@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
+from cifar_lit.disk import is_out_of_space
 from cifar_lit.errors import CheckpointError
 from cifar_lit.files import remove_stale_temporaries, temporary_path
 from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_saves
@@ -56,9 +57,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
             fsync_directory(path.parent)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            if not (isinstance(error, OSError) or is_out_of_space(error)):
+                raise
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else "the disk is full"
             raise CheckpointError(
-                f"Could not write the checkpoint {path} ({error.strerror or error}). The checkpoints already in "
+                f"Could not write the checkpoint {path} ({reason}). The checkpoints already in "
                 f"{path.parent} are untouched. Free disk space or choose another --logdir, then resume with "
                 "--resume last."
             ) from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cifar_lit.disk import DiskFullError, disk_full_message, is_out_of_space
+
 
 def temporary_path(path: Path) -> Path:
     """`.<name>.<pid>.tmp` beside `path`: same file system (the rename is atomic) and tied to its writer."""
@@ -42,6 +44,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as error:
+        if is_out_of_space(error):
+            raise DiskFullError(disk_full_message(path, error)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

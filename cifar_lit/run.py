@@ -25,6 +25,7 @@ from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.compile_cache import compile_cache
 from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.disk import bytes_needed, check_free_space, out_of_space_as_error
 from cifar_lit.errors import UserError
 from cifar_lit.lightning_compat import (
     epochs_completed,
@@ -64,6 +65,9 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     datamodule.setup("fit")
     model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
 
+    if not config["fast_dev_run"]:
+        needed = bytes_needed(model, config["best_weights_only"], bool(config["ema_decay"]))
+        check_free_space(Path(config["logdir"]), needed)
     if config["compile"]:
         check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
@@ -76,7 +80,8 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
             keep_own_signal_handlers(trainer, signals.install)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
-        with compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext():
+        caching = compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext()
+        with caching, out_of_space_as_error(run_dir or config["logdir"]):
             return fit_and_test(trainer, model, datamodule, callbacks, config, plan)
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
