@@ -14,9 +14,10 @@ from synthetic import write_image_folder, write_torchvision_batches  # noqa: E40
 
 from cifar_lit import run  # noqa: E402
 
-# A learnable 300-image set trains to >90% in two epochs with these settings on the CPU.
+# A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
+# accuracy within a few epochs with these settings on the CPU, in seconds.
 TINY_FLAGS = [
-    "--gpus", "0", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
+    "--gpus", "0", "--width", "8", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
     "--lr-reference-batch-size", "30",
     "--schedule", "constant", "--warmup-fraction", "0", "--no-progress-bar", "--sanity-val-steps", "0",
     "--grid-images", "8", "--log-every-n-steps", "5",

@@ -15,9 +15,10 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     out = tmp_path / "results"
     code = main(["--preset", "fast85", "--seeds", "2", "--data-dir", str(image_folder), "--out", str(out),
                  "--pil-epochs", "1", "--pil-workers", "0", "--",
-                 "--gpus", "0", "--max-epochs", "2", "--batch-size", "30", "--eval-batch-size", "50", "--no-compile",
+                 "--gpus", "0", "--width", "8", "--max-epochs", "3", "--batch-size", "30", "--eval-batch-size", "50",
+                 "--no-compile",
                  "--lr", "0.005", "--lr-reference-batch-size", "30", "--schedule", "constant", "--warmup-fraction", "0",
-                 "--target-acc", "0.5"])
+                 "--target-acc", "0.3"])
     assert code == 0
     (record_path,) = out.glob("fast85-cpu-*.json")
     record = json.loads(record_path.read_text())
@@ -25,7 +26,7 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     assert record["seeds"] == [0, 1] and len(record["runs"]) == 2
     assert record["reached"] is True and all(run["reached"] for run in record["runs"])
     assert 0 < record["train_seconds_to_target"] < record["wall_seconds"]
-    assert record["epochs_to_target"] in (1, 2) and record["test_acc"] >= 0.5 - REACHED_TOLERANCE
+    assert 1 <= record["epochs_to_target"] <= 3 and record["test_acc"] >= 0.3 - REACHED_TOLERANCE
     assert record["images_per_second"] > 0 and record["versions"]["torch"]
     assert record["bare_pytorch"]["reached"] and record["bare_pytorch"]["images_per_second"] > 0
     assert record["pil_data_path"]["images_per_second"] > 0

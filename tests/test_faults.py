@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import with_extra_callback
+from conftest import TINY_FLAGS, with_extra_callback
 
 from cifar_lit import checkpoints, run
 from cifar_lit.callbacks.history import read_history_csv
@@ -88,11 +89,13 @@ def assert_same_run(expected_dir: Path, resumed_dir: Path) -> None:
     assert metric_rows(expected_dir) == metric_rows(resumed_dir)
 
 
-@pytest.fixture
-def uninterrupted(noisy_flags, tmp_path) -> Path:
-    whole = tmp_path / "whole"
-    assert main([*noisy_flags, *EXACT, "--logdir", str(whole)]) == 0
-    return only_run(whole)
+@pytest.fixture(scope="module")
+def uninterrupted(noisy_folder_master, tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must match, trained once for this file."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    folder = shutil.copytree(noisy_folder_master, root / "noisy")
+    assert main([*TINY_FLAGS, "--data-dir", str(folder), *EXACT, "--logdir", str(root / "whole")]) == 0
+    return only_run(root / "whole")
 
 
 @pytest.mark.slow
