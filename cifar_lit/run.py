@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from cifar_lit import phases
 from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, StopRequested
@@ -184,3 +185,7 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> int
     finally:
         signals.uninstall()
         phases.activate(None)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning leaves the process group to the process's exit, where gloo's threads can abort a rank that
+            # finished first ("terminate called without an active exception"), and torchrun then fails the run.
+            torch.distributed.destroy_process_group()
