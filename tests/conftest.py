@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
 
 from cifar_lit import run  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n: one worker per core, so each worker (and the train.py processes it starts) uses one thread;
+    # two threads per worker on two cores made every test about twice as slow.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
 # accuracy within a few epochs with these settings on the CPU, in seconds.

@@ -1,5 +1,5 @@
 """train.py for tests that signal a run in a given phase: prints `entered PHASE` on stderr the first time the run
-enters HOLD_PHASE (after it has been in HOLD_AFTER, if set) and holds there for two seconds, so the test can send
+enters HOLD_PHASE (after it has been in HOLD_AFTER, if set) and holds there for a second, so the test can send
 a signal while the run is in that phase. `startup` is held as soon as the phase clock exists. torch.compile uses
 the aot_eager backend, so a --compile run needs no C++ compiler."""
 
@@ -24,7 +24,7 @@ def holding_init(self, *args, **kwargs):
         if name == HOLD and seen["after"] and not seen["held"]:
             seen["held"] = True
             print(f"entered {name}", file=sys.stderr, flush=True)
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 1
             while time.monotonic() < deadline:
                 time.sleep(0.01)
 
