@@ -126,7 +126,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
             trainer.test(model, datamodule=datamodule)
             print("fast-dev-run finished: one batch of training, validation and test ran; nothing was written.")
             return 0
-        if graceful is not None and graceful.signum is not None:
+        if graceful is not None and graceful.signum is not None and trainer.world_size == 1:
             last = graceful.run_dir / CHECKPOINT_FOLDER / LAST_NAME
             print(f"Stopped by signal {graceful.signum} after the last training step, before the test; {last} holds "
                   f"the finished training (epoch {trainer.current_epoch}, step {trainer.global_step}). Resume with: "

@@ -110,7 +110,9 @@ class GracefulStop(RunFolderCallback):
         return self.signals.signum or self.lightning_signum
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.deferring = trainer.world_size == 1
+        # With several processes the project's handler only notes the signal: Lightning's, which runs before it,
+        # tells the other ranks and stops them all at the same point.
+        self.signals.deferring = True
 
     def _save(self, trainer: pl.Trainer) -> None:
         if self.guard is not None:
@@ -122,7 +124,8 @@ class GracefulStop(RunFolderCallback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.signals.signum is not None and self.signals.deferring and not on_last_batch_of_epoch(trainer):
+        if (self.signals.signum is not None and self.signals.deferring and trainer.world_size == 1
+                and not on_last_batch_of_epoch(trainer)):
             self.signals.deferring = False
             self._save(trainer)
             raise StopRequested(self.signals.signum, self.saved, trainer.current_epoch, trainer.global_step)
