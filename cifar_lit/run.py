@@ -115,11 +115,11 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
             if not (isinstance(stop, StopRequested) or is_lightning_sigterm(stop)):
                 raise
             saved = graceful.saved if graceful is not None else None
-            print(f"Stopped by signal {graceful.signum if graceful else signal.SIGTERM} at epoch "
-                  f"{trainer.current_epoch + 1}, step {trainer.global_step}; saved {saved}. "
-                  f"Resume with: python train.py --resume {saved or 'last --logdir ' + config['logdir']}",
-                  file=sys.stderr)
-            return 128 + (graceful.signum if graceful and graceful.signum else signal.SIGTERM)
+            signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
+            resume = saved or f"last --logdir {config['logdir']}"
+            print(f"Stopped by signal {signum} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
+                  f"saved {saved}. Resume with: python train.py --resume {resume}", file=sys.stderr)
+            return 128 + signum
         finally:
             signals.deferring = False  # held until fit returns, so last.ckpt's final write is never cut
         if config["fast_dev_run"]:
