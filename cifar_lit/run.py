@@ -83,7 +83,7 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
             os.environ[RUN_DIR_ENV] = str(run_dir)
         caching = compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext()
         with caching, out_of_space_as_error(run_dir or config["logdir"]):
-            return fit_and_test(trainer, model, datamodule, callbacks, config, plan)
+            return fit_and_test(trainer, model, datamodule, callbacks, config, plan, signals)
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
             stop.run_dir = callbacks["graceful"].run_dir if "graceful" in callbacks else run_dir
@@ -97,10 +97,10 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
 
 
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
-                 callbacks: dict[str, Any], config: dict[str, Any], plan: ResumePlan | None) -> int:
+                 callbacks: dict[str, Any], config: dict[str, Any], plan: ResumePlan | None,
+                 signals: SignalGuard) -> int:
     graceful: GracefulStop | None = callbacks.get("graceful")
     summary = callbacks.get("summary")
-    signals = graceful.signals if graceful is not None else SignalGuard()
     if plan is not None and plan.test_only:
         restore_callback_states(trainer.callbacks, plan.checkpoint)
         callbacks["phases"].carry_restored()
