@@ -2,7 +2,7 @@
 
 import sys
 
-from cifar_lit.report import main
+from cifar_lit.reporting.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ STARTED = time.perf_counter()  # before the imports below, so the run's startup 
 
 import sys  # noqa: E402
 
-from cifar_lit.run import main  # noqa: E402
+from cifar_lit.run.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(started=STARTED))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cifar_lit.data.sources import SPLITS, load_image_folder_split
-from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 
 
 def main() -> int:

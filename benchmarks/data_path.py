@@ -29,8 +29,8 @@ from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
-from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
-from cifar_lit.warmup import compile_options
+from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.training.compile_warmup import compile_options
 
 PADDING = 4
 

@@ -4,8 +4,8 @@ with a tiny network, so that what is left is the cost of the loop around the mod
     python benchmarks/framework_overhead.py [--steps 80] [--repeats 5] [--label after] [--out DIR]
 
 Both run the same recipe and data path in eager mode (the fast85 settings without compile, float32, batch 32): the
-Lightning path is `cifar_lit.run.main` with its callbacks, logging and checkpoints; the bare loop is
-`cifar_lit.baseline.bare_training_run`. The network is replaced by a one-convolution network in both. Lightning's
+Lightning path is `cifar_lit.run.train.main` with its callbacks, logging and checkpoints; the bare loop is
+`cifar_lit.bench.bare_loop.bare_training_run`. The network is replaced by a one-convolution network in both. Lightning's
 time per step is measured between the ends of consecutive training steps after the first ten (logging steps
 included); the bare loop's from its training-loop seconds. Each is the median over --repeats runs in this process.
 It touches only what every version of the project has, so it also runs against older commits ("before"): from a
@@ -33,10 +33,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifar_lit import baseline, module, run
-from cifar_lit.config import parse_config
+from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.constants import CIFAR10_CLASSES
-from cifar_lit.provenance import command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions
+from cifar_lit.run import train as run
+from cifar_lit.run.config import parse_config
+from cifar_lit.training import module
 
 SKIP = 10  # first steps left out: allocations, first-call costs
 OUT = Path(__file__).resolve().parent / "results"

@@ -24,8 +24,8 @@ from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.sources import load_split
 from cifar_lit.models import resnet18
-from cifar_lit.optim import build_sgd
-from cifar_lit.warmup import compile_options
+from cifar_lit.training.compile_warmup import compile_options
+from cifar_lit.training.optim import build_sgd
 
 PADDING = 4
 

@@ -4,7 +4,7 @@
 
 Runs train.py's main with torch.cuda.set_sync_debug_mode("warn") switched on from the end of the second training
 step to the end of training, and prints each distinct Python call site that synchronized, with how often, and the
-tensor-to-host conversions counted by cifar_lit.host_sync over the same stretch. A fast training loop shows only
+tensor-to-host conversions counted by cifar_lit.bench.host_sync over the same stretch. A fast training loop shows only
 the deliberate ones: logging steps (every --log-every-n-steps) and epoch ends.
 """
 
@@ -18,8 +18,8 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from cifar_lit import run
-from cifar_lit.host_sync import HostSyncCounter
+from cifar_lit.bench.host_sync import HostSyncCounter
+from cifar_lit.run import train as run
 
 sites: collections.Counter = collections.Counter()
 
@@ -59,7 +59,7 @@ if __name__ == "__main__":
     for site, count in sites.most_common():
         print(f"{count:6d} x\n{site}")
     if watch.counter is not None:
-        print(f"{watch.counter.total} tensor-to-host conversions (cifar_lit.host_sync), by site:")
+        print(f"{watch.counter.total} tensor-to-host conversions (cifar_lit.bench.host_sync), by site:")
         for site, count in watch.counter.by_site.most_common():
             print(f"{count:6d} x {site}")
     sys.exit(code)

@@ -103,7 +103,7 @@ def keep_own_signal_handlers(trainer: pl.Trainer, install: Callable[[], None]) -
     Lightning 2.6 installs a SIGTERM handler at the start of every `fit`/`test` (`_SignalConnector.
     register_signal_handlers`, after `on_fit_start`); its loops then raise `SIGTERMException`, a `SystemExit`, at
     points of their choosing, including inside a validation pass or the final test, and `SystemExit()` exits 0.
-    A single process stops at a step boundary instead (cifar_lit.callbacks.safety), so Lightning's handlers are
+    A single process stops at a step boundary instead (cifar_lit.reliability.non_finite), so Lightning's handlers are
     installed as usual (SLURM's SIGUSR1 requeue included) and SIGTERM/SIGINT are then taken back.
     """
     connector = trainer._signal_connector

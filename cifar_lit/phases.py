@@ -13,7 +13,8 @@ Times are host times: work queued on the GPU is counted in the phase in which th
 changes do not synchronize the device (a few steps' worth at most).
 
 There is one clock per process (`activate`, `active`); code anywhere marks its work with `phase(name)`, which does
-nothing when no clock is active (library use, tests).
+nothing when no clock is active (library use, tests). `PhaseTimer` moves the clock along with Lightning's loops and
+carries the run's phase seconds across resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
 
 PHASES = ("startup", "data", "warmup", "train", "validation", "checkpoints", "test", "reports")
 
@@ -89,3 +94,60 @@ def phase(name: str) -> Iterator[None]:
     else:
         with _active.phase(name):
             yield
+
+
+class PhaseTimer(Callback):
+    """train while the training loop runs, validation during validation passes (the sanity check too), checkpoints
+    once training has ended (the background writer is drained then), test during the final test and reports after
+    it. The other phases are marked by the code that does their work (data, warm-up, checkpoint writes, figures).
+
+    Its checkpoint state is the run's phase seconds so far, so a resumed run's summary counts every process.
+    """
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self.clock = clock
+        self._before_sanity_check = "startup"
+        self._restored: dict[str, float] | None = None
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._before_sanity_check = self.clock.switch("validation")
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.switch(self._before_sanity_check)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.switch("train")
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.clock.switch("validation")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.clock.switch("train")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.switch("checkpoints")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.switch("test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.switch("reports")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase_seconds": self.clock.cumulative()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning 2.6 restores callbacks in `test(ckpt_path=...)` too; only a resumed fit carries seconds over.
+        saved = state_dict.get("phase_seconds") or {}
+        self._restored = {name: float(saved.get(name, 0.0)) for name in PHASES}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.carry_restored()
+
+    def carry_restored(self) -> None:
+        """Count the restored seconds of earlier processes as this run's (a resumed fit, or a finished run that
+        is only tested)."""
+        if self._restored is not None:
+            self.clock.carried = self._restored

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
 
-from cifar_lit import run  # noqa: E402
+from cifar_lit.run import train as run  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n: one worker per core, so each worker (and the train.py processes it starts) uses one thread;

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from cifar_lit.bench import main, markdown_table, summarize
-from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
+from cifar_lit.bench.time_to_accuracy import main, markdown_table, summarize
 from cifar_lit.phases import PHASES
+from cifar_lit.run.stop_at_target import REACHED_TOLERANCE
 
 RECORD_FIELDS = {"device", "preset", "target_acc", "reached", "train_seconds_to_target", "wall_seconds",
                  "epochs_to_target", "test_acc", "images_per_second", "seeds", "command", "git_commit", "versions"}

@@ -14,7 +14,7 @@ import torch
 from conftest import TINY_FLAGS, with_extra_callback
 from torch._dynamo.utils import counters
 
-from cifar_lit.run import main
+from cifar_lit.run.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_lit.config import build_parser, parse_config
+from cifar_lit.run.config import build_parser, parse_config
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

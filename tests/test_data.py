@@ -13,7 +13,7 @@ from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.datamodule import CIFAR10DataModule
 from cifar_lit.data.sources import load_image_folder_split, load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats
-from cifar_lit.errors import DataError
+from cifar_lit.reliability.errors import DataError
 
 
 def test_image_folder_is_read_in_class_order(image_folder):

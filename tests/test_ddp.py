@@ -16,7 +16,7 @@ from PIL import Image
 from synthetic import write_image_folder
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.report import main as evaluate
+from cifar_lit.reporting.evaluate import main as evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from cifar_lit import checkpoints, disk
 from cifar_lit.models.resnet import resnet18
-from cifar_lit.run import main
+from cifar_lit.reliability import checkpoints, disk
+from cifar_lit.run.train import main
 
 SHORT = ["--width", "8", "--target-acc", "1.0", "--max-epochs", "2"]
 

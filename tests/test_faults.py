@@ -19,11 +19,12 @@ import pytorch_lightning as pl
 import torch
 from conftest import TINY_FLAGS, with_extra_callback
 
-from cifar_lit import checkpoints, run
-from cifar_lit.callbacks.history import read_history_csv
-from cifar_lit.module import CIFARClassifier
-from cifar_lit.report import main as evaluate
-from cifar_lit.run import main
+from cifar_lit.reliability import checkpoints
+from cifar_lit.reporting.evaluate import main as evaluate
+from cifar_lit.reporting.history import read_history_csv
+from cifar_lit.run import train as run
+from cifar_lit.run.train import main
+from cifar_lit.training.module import CIFARClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_COLUMNS = ("epoch", "step", "train_acc", "train_loss", "val_acc", "val_loss")
@@ -181,7 +182,7 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy
 KILLED_DURING_WRITE = textwrap.dedent("""
     import os, sys, time, torch
     from pathlib import Path
-    from cifar_lit.checkpoints import AtomicCheckpointIO
+    from cifar_lit.reliability.checkpoints import AtomicCheckpointIO
     target = Path(sys.argv[1])
     io = AtomicCheckpointIO()
     io.save_checkpoint({"version": 1, "weights": torch.ones(1000)}, target)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cifar_lit.run import main
+from cifar_lit.run.train import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -1,6 +1,6 @@
 """Nothing in the training step makes the host wait for the device, Lightning's loop included (issue: speed).
 
-The fast path runs on the CPU under a mode that counts every tensor-to-host conversion (cifar_lit.host_sync)
+The fast path runs on the CPU under a mode that counts every tensor-to-host conversion (cifar_lit.bench.host_sync)
 between the ends of two training steps that neither log nor checkpoint; on a GPU each would be a synchronization.
 """
 
@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from conftest import TINY_FLAGS, with_extra_callback
 
-from cifar_lit.host_sync import HostSyncCounter
-from cifar_lit.module import CIFARClassifier
-from cifar_lit.run import main
+from cifar_lit.bench.host_sync import HostSyncCounter
+from cifar_lit.run.train import main
+from cifar_lit.training.module import CIFARClassifier
 
 # 10 training steps per epoch: with --log-every-n-steps 50, steps 3 to 8 neither log nor checkpoint
 FIRST, LAST = 2, 8

@@ -19,7 +19,7 @@ from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lit import lightning_compat as compat
-from cifar_lit.signals import SIGNALS
+from cifar_lit.reliability.signals import SIGNALS
 
 
 class Tiny(pl.LightningModule):

@@ -10,12 +10,12 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from cifar_lit import baseline
+from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.augment import scale_and_shift
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.evaluation import TrainedModel, evaluate_images
-from cifar_lit.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
-from cifar_lit.module import CIFARClassifier
+from cifar_lit.reporting.inference import TrainedModel, evaluate_images
+from cifar_lit.training.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
+from cifar_lit.training.module import CIFARClassifier
 
 
 def test_confusion_counts_match_numpy_and_stay_exact_under_bf16_autocast():

@@ -5,8 +5,8 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.module import CIFARClassifier
-from cifar_lit.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
+from cifar_lit.training.module import CIFARClassifier
+from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
 
 
 def test_a_few_sgd_steps_lower_the_loss():

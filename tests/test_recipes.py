@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_lit.run import main
+from cifar_lit.run.train import main
 
 pytestmark = pytest.mark.slow
 

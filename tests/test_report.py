@@ -20,11 +20,11 @@ from PIL import Image
 from synthetic import CLASS_COLOURS, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
 from cifar_lit.data.constants import CIFAR10_CLASSES
-from cifar_lit.evaluation import evaluate_images, load_trained_model
-from cifar_lit.report import main as evaluate
-from cifar_lit.run import main as train
+from cifar_lit.reporting.evaluate import main as evaluate
+from cifar_lit.reporting.inference import evaluate_images, load_trained_model
+from cifar_lit.run.stop_at_target import REACHED_TOLERANCE
+from cifar_lit.run.train import main as train
 
 REPORT_TARGET = 0.5  # reached by epoch 3 on this set by every seed tried (chance is 0.1)
 
@@ -108,7 +108,7 @@ def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
                     "pytorch-lightning_version": "2.6.6"}, other)
         argv, fragment = ["--ckpt", str(other)], "does not hold the 10-class CIFAR ResNet18"
     else:
-        from cifar_lit.module import CIFARClassifier
+        from cifar_lit.training.module import CIFARClassifier
 
         good = tmp_path / "good.ckpt"
         torch.save({"state_dict": CIFARClassifier().state_dict(), "pytorch-lightning_version": "2.6.6"}, good)

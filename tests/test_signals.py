@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cifar_lit import checkpoints
-from cifar_lit.run import main
+from cifar_lit.reliability import checkpoints
+from cifar_lit.run.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).with_name("phase_hold_runner.py")

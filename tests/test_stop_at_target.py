@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Timer
 
-from cifar_lit.callbacks.stop_at_target import StopAtTarget
+from cifar_lit.run.stop_at_target import StopAtTarget
 
 
 class ScriptedAccuracy(pl.LightningModule):

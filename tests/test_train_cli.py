@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE
 from cifar_lit.phases import PHASES
-from cifar_lit.run import main
+from cifar_lit.run.stop_at_target import REACHED_TOLERANCE
+from cifar_lit.run.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,11 +35,11 @@ from cifar_lit.data.sources import (
     missing_data_message,
 )
 from cifar_lit.data.stats import channel_stats
-from cifar_lit.errors import DataError
 from cifar_lit.lightning_compat import epochs_trained
-from cifar_lit.option_types import NonNegativeInt, PositiveInt
 from cifar_lit.phases import phase
-from cifar_lit.warmup import compile_options
+from cifar_lit.reliability.errors import DataError
+from cifar_lit.reliability.option_types import NonNegativeInt, PositiveInt
+from cifar_lit.training.compile_warmup import compile_options
 
 log = logging.getLogger(__name__)
 

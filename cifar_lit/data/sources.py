@@ -19,8 +19,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from cifar_lit.data.constants import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
-from cifar_lit.errors import DataError
-from cifar_lit.files import remove_stale_temporaries, temporary_path
+from cifar_lit.reliability.errors import DataError
+from cifar_lit.reliability.files import remove_stale_temporaries, temporary_path
 
 log = logging.getLogger(__name__)
 

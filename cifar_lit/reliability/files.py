@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cifar_lit.disk import DiskFullError, disk_full_message, is_out_of_space
+from cifar_lit.reliability.disk import DiskFullError, disk_full_message, is_out_of_space
 
 
 def temporary_path(path: Path) -> Path:

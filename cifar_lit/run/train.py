@@ -20,27 +20,28 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit import phases
-from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLoss, StopRequested
-from cifar_lit.callbacks.summary import closing_line
-from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
-from cifar_lit.compile_cache import compile_cache
-from cifar_lit.config import class_kwargs, parse_config
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.disk import bytes_needed, check_free_space, out_of_space_as_error
-from cifar_lit.errors import UserError
+from cifar_lit.hardware.plan import resolve_hardware
 from cifar_lit.lightning_compat import (
     epochs_completed,
     hide_unactionable_messages,
     is_lightning_sigterm,
     keep_own_signal_handlers,
 )
-from cifar_lit.module import CIFARClassifier
 from cifar_lit.phases import PhaseClock
-from cifar_lit.provenance import command_line, git_commit
-from cifar_lit.resume import ResumePlan, plan_resume, restore_callback_states
-from cifar_lit.run_dir import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
-from cifar_lit.signals import Interrupted, SignalGuard
-from cifar_lit.trainer import build_callbacks, build_trainer, resolve_hardware
+from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
+from cifar_lit.reliability.disk import bytes_needed, check_free_space, out_of_space_as_error
+from cifar_lit.reliability.errors import UserError
+from cifar_lit.reliability.non_finite import NonFiniteLoss
+from cifar_lit.reliability.run_folder import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
+from cifar_lit.reliability.signals import GracefulStop, Interrupted, SignalGuard, StopRequested
+from cifar_lit.reporting.provenance import command_line, git_commit
+from cifar_lit.reporting.summary import closing_line
+from cifar_lit.run.config import class_kwargs, parse_config
+from cifar_lit.run.resume import ResumePlan, plan_resume, restore_callback_states
+from cifar_lit.run.trainer import build_callbacks, build_trainer
+from cifar_lit.training.compile_cache import compile_cache
+from cifar_lit.training.module import CIFARClassifier
 
 log = logging.getLogger("cifar_lit")
 EXIT_USER_ERROR = 2

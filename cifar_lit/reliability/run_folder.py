@@ -1,4 +1,5 @@
-"""Which folder a run writes into (`<logdir>/version_N`), checked to be writable before anything is written there."""
+"""The run folder (`<logdir>/version_N`): which one a run writes into, checked to be writable before anything is
+written there, removed when a failed start left it empty, and known to every callback that writes into it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cifar_lit.checkpoints import CHECKPOINT_FOLDER
-from cifar_lit.errors import ConfigError
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER
+from cifar_lit.reliability.errors import ConfigError
 
 RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
 
@@ -63,3 +67,16 @@ def remove_if_unused(run_dir: Path | None, created: bool) -> None:
     """Delete a run folder this process created when it holds no checkpoint (the run failed before training)."""
     if created and run_dir is not None and not any((run_dir / CHECKPOINT_FOLDER).glob("*.ckpt")):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class RunFolderCallback(Callback):
+    """Knows the run folder (lightning_logs/version_N). Given up front in a single process; otherwise (torchrun,
+    SLURM) fixed in `setup`, which every rank runs: finding it, `trainer.log_dir`, is a collective call there, so it
+    must never happen later on rank zero alone."""
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.run_dir is None and trainer.log_dir:
+            self.run_dir = Path(trainer.log_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifar_lit.errors import UserError
+from cifar_lit.reliability.errors import UserError
 
 OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # torch.save reports a failed write as "PytorchStreamWriter failed writing file ...: file write failed"

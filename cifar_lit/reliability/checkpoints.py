@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
-from cifar_lit.disk import is_out_of_space
-from cifar_lit.errors import CheckpointError
-from cifar_lit.files import remove_stale_temporaries, temporary_path
 from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_saves
 from cifar_lit.phases import phase
+from cifar_lit.reliability.disk import is_out_of_space
+from cifar_lit.reliability.errors import CheckpointError
+from cifar_lit.reliability.files import remove_stale_temporaries, temporary_path
 
 LAST_NAME = "last.ckpt"
 CHECKPOINT_FOLDER = "checkpoints"

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from cifar_lit.checkpoints import check_compatible, load_checkpoint
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
-from cifar_lit.errors import DataError
-from cifar_lit.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.module import CIFARClassifier
+from cifar_lit.reliability.checkpoints import check_compatible, load_checkpoint
+from cifar_lit.reliability.errors import DataError
+from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
+from cifar_lit.training.module import CIFARClassifier
 
 
 @dataclass
@@ -63,7 +63,8 @@ def model_inputs(model: TrainedModel, images: np.ndarray, device: torch.device |
 def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
                     flip_tta: bool = False, device: torch.device | str = "cpu") -> tuple[dict[str, Any], np.ndarray]:
     """Accuracy, loss, per-class accuracy and confusion matrix (and flip-TTA accuracy) of uint8 NHWC images, by the
-    evaluation step the Trainer's validation and test use (cifar_lit.metrics); and each image's predicted class."""
+    evaluation step the Trainer's validation and test use (cifar_lit.training.metrics); and each image's predicted
+    class."""
     classes = len(CIFAR10_CLASSES)
     sums = EvaluationSums(classes).to(device)
     predictions = [torch.zeros(0, dtype=torch.long)]

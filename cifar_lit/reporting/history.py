@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit import phases
-from cifar_lit.callbacks.run_folder import RunFolderCallback
-from cifar_lit.files import write_text_atomic
 from cifar_lit.phases import phase
-from cifar_lit.plots import curves_figure, save_figure
+from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reliability.run_folder import RunFolderCallback
+from cifar_lit.reporting.plots import curves_figure, save_figure
 
 HISTORY_FIELDS = (
     "epoch", "step", "train_acc", "train_loss", "val_acc", "val_loss", "val_acc_tta", "lr", "epoch_seconds",

@@ -21,10 +21,10 @@ from cifar_lit.data.augment import augment, draw_codes, input_dtype, normalize, 
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import load_split
-from cifar_lit.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.models import resnet18
-from cifar_lit.optim import build_scheduler, build_sgd
-from cifar_lit.warmup import compile_options, run_every_shape
+from cifar_lit.training.compile_warmup import compile_options, run_every_shape
+from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
+from cifar_lit.training.optim import build_scheduler, build_sgd
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale
              step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None, dtype: torch.dtype = torch.float32,
              channels_last: bool = True, flip_tta: bool = False) -> dict[str, torch.Tensor]:
     """The evaluation of uint8 NHWC images held on the model's device, by the same step as the Trainer's validation
-    (cifar_lit.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy. `prepare` and
+    (cifar_lit.training.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy. `prepare` and
     `step` may be compiled versions of `normalize` and of `evaluate_batch` bound to the model."""
     classes = len(CIFAR10_CLASSES)
     step = step or (lambda inputs, targets: evaluate_batch(model, inputs, targets, classes, flip_tta))

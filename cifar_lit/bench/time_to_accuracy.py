@@ -6,8 +6,8 @@ Timer from the first training step, compile warm-up excluded and reported apart)
 peak GPU memory and where the run's seconds went (phases). All seeds share one compile cache that starts empty
 (--compile-cache to use another): with a compiled preset the first seed starts cold and the others warm, and the
 record reports cold and warm wall and warm-up seconds apart. In the same invocation it runs the bare PyTorch loop
-(cifar_lit.baseline) on the same recipe and data path, and the PIL data path on the same preset, and reports both as
-ratios. GPU busy time is sampled with NVML during each run's training window when pynvml is available.
+(cifar_lit.bench.bare_loop) on the same recipe and data path, and the PIL data path on the same preset, and reports
+both as ratios. GPU busy time is sampled with NVML during each run's training window when pynvml is available.
 
 Writes benchmarks/results/<preset>-<device>-<date>.json and a markdown table beside it.
 """
@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from cifar_lit.baseline import bare_training_run
-from cifar_lit.config import parse_config
+from cifar_lit.bench.bare_loop import bare_training_run
+from cifar_lit.hardware.plan import resolve_hardware
 from cifar_lit.phases import PHASES
-from cifar_lit.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
-from cifar_lit.trainer import resolve_hardware
+from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.run.config import parse_config
 
 
 class GpuBusySampler:

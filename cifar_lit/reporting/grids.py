@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.phases import phase
-from cifar_lit.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
+from cifar_lit.reliability.run_folder import RunFolderCallback
+from cifar_lit.reporting.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
 
 KINDS = ("misclassified", "correct")
 

@@ -6,46 +6,26 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, Timer
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from cifar_lit.callbacks.checkpointing import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
-from cifar_lit.callbacks.figures import ConfusionFigures
-from cifar_lit.callbacks.history import EpochHistory
-from cifar_lit.callbacks.image_grids import PredictionGrids
-from cifar_lit.callbacks.log_cadence import LogEveryEpoch
-from cifar_lit.callbacks.phases import PhaseTimer
-from cifar_lit.callbacks.progress import LossProgressBar
-from cifar_lit.callbacks.run_folder import ConfigRecord
-from cifar_lit.callbacks.safety import GracefulStop, NonFiniteLossGuard
-from cifar_lit.callbacks.stop_at_target import StopAtTarget
-from cifar_lit.callbacks.summary import RunSummary
-from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.errors import ConfigError
-from cifar_lit.phases import PhaseClock
-from cifar_lit.signals import SignalGuard
-
-
-def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
-    """(accelerator, devices, precision) from --gpus or --accelerator/--devices, and --precision or its default."""
-    accelerator, devices = config["accelerator"], config["devices"]
-    gpus = config["gpus"]
-    if gpus is not None:
-        if gpus > 0 and torch.cuda.device_count() < gpus:
-            raise ConfigError(
-                f"--gpus {gpus} asks for {gpus} GPU(s), but PyTorch sees {torch.cuda.device_count()}. Use --gpus 0 "
-                "to train on the CPU, or run where the GPUs are visible (check CUDA_VISIBLE_DEVICES)."
-            )
-        accelerator, devices = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
-    elif accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-    precision = config["precision"] or ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
-    return accelerator, devices, precision
+from cifar_lit.hardware.plan import resolve_hardware
+from cifar_lit.phases import PhaseClock, PhaseTimer
+from cifar_lit.reliability.checkpoint_callbacks import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
+from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
+from cifar_lit.reliability.non_finite import NonFiniteLossGuard
+from cifar_lit.reliability.signals import GracefulStop, SignalGuard
+from cifar_lit.reporting.figures import ConfusionFigures
+from cifar_lit.reporting.grids import PredictionGrids
+from cifar_lit.reporting.history import EpochHistory
+from cifar_lit.reporting.summary import RunSummary
+from cifar_lit.run.config import ConfigRecord
+from cifar_lit.run.log_cadence import LogEveryEpoch
+from cifar_lit.run.progress import LossProgressBar
+from cifar_lit.run.stop_at_target import StopAtTarget
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,

@@ -9,13 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from cifar_lit.compile_cache import cache_counts, cache_report
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
-from cifar_lit.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
 from cifar_lit.models import resnet18
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.optim import build_scheduler, build_sgd
-from cifar_lit.option_types import (
+from cifar_lit.phases import phase
+from cifar_lit.reliability.option_types import (
     ClosedUnitInterval,
     Fraction,
     FractionBelowOne,
@@ -23,8 +21,10 @@ from cifar_lit.option_types import (
     PositiveFloat,
     PositiveInt,
 )
-from cifar_lit.phases import phase
-from cifar_lit.warmup import compile_options, run_every_shape
+from cifar_lit.training.compile_cache import cache_counts, cache_report
+from cifar_lit.training.compile_warmup import compile_options, run_every_shape
+from cifar_lit.training.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
+from cifar_lit.training.optim import build_scheduler, build_sgd
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CIFARClassifier(pl.LightningModule):
         norm_bias_weight_decay: L2 penalty on batch-norm parameters and biases (usually 0).
         norm_bias_lr_scale: their learning rate relative to the other weights.
         label_smoothing: cross-entropy label smoothing in training (evaluation reports plain cross-entropy).
-        schedule: "onecycle", "linear", "cosine" or "constant" (see `cifar_lit.optim.lr_factor`).
+        schedule: "onecycle", "linear", "cosine" or "constant" (see `cifar_lit.training.optim.lr_factor`).
         warmup_fraction: share of all steps spent warming up.
         lr_start_factor: LR at the first step, as a fraction of the peak.
         lr_end_factor: LR at the last step, as a fraction of the peak.
@@ -84,7 +84,7 @@ class CIFARClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = resnet18(num_classes=num_classes, width=width)
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        # Training: running accuracy and loss, one addition each per step (cifar_lit.metrics). Their sums go into
+        # Training: running accuracy and loss, one addition each per step (training.metrics). Their sums go into
         # checkpoints, so an epoch resumed from a mid-epoch checkpoint reports what an uninterrupted one would.
         self.train_acc = RunningMean()
         self.train_loss = RunningMean()
@@ -183,7 +183,7 @@ class CIFARClassifier(pl.LightningModule):
         loss = self._shared_step(batch, "train")["loss"]
         if self._logging_step():
             # Not on the progress bar: Lightning turns progress-bar values into numbers after every step, a host
-            # sync each time (cifar_lit.callbacks.progress shows the loss without one).
+            # sync each time (cifar_lit.run.progress shows the loss without one).
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 

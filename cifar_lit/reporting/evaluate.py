@@ -18,20 +18,20 @@ import numpy as np
 import torch
 import yaml
 
-from cifar_lit.callbacks.history import read_history_csv
-from cifar_lit.checkpoints import run_dir_of
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.data.sources import load_split
-from cifar_lit.errors import ConfigError, DataError, UserError
-from cifar_lit.evaluation import (
+from cifar_lit.reliability.checkpoints import run_dir_of
+from cifar_lit.reliability.errors import ConfigError, DataError, UserError
+from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reporting.history import read_history_csv
+from cifar_lit.reporting.inference import (
     evaluate_images,
     load_trained_model,
     predict_probabilities,
     read_user_image,
     top_classes,
 )
-from cifar_lit.files import write_text_atomic
-from cifar_lit.plots import (
+from cifar_lit.reporting.plots import (
     accuracy_and_loss_figure,
     confusion_matrix_figure,
     curves_figure,
@@ -40,7 +40,7 @@ from cifar_lit.plots import (
     save_figure,
     spread_over_classes,
 )
-from cifar_lit.provenance import command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions
 
 GRID_IMAGES = 30  # three per class
 

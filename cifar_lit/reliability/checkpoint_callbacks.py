@@ -9,10 +9,10 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lit.callbacks.run_folder import RunFolderCallback
-from cifar_lit.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.lightning_compat import on_last_batch_of_epoch
 from cifar_lit.phases import phase
+from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
+from cifar_lit.reliability.run_folder import RunFolderCallback
 
 
 class PhasedCheckpoint(ModelCheckpoint):

@@ -12,15 +12,18 @@ import inspect
 import re
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import docstring_parser
+import pytorch_lightning as pl
+import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.errors import ConfigError
-from cifar_lit.module import CIFARClassifier
-from cifar_lit.option_types import (
+from cifar_lit.reliability.errors import ConfigError
+from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reliability.option_types import (
     Fraction,
     NonNegativeInt,
     OpenUnitInterval,
@@ -28,6 +31,8 @@ from cifar_lit.option_types import (
     allowed_values,
     plain,
 )
+from cifar_lit.reliability.run_folder import RunFolderCallback
+from cifar_lit.training.module import CIFARClassifier
 
 PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true")
 Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
@@ -159,3 +164,17 @@ def class_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     """The subset of `config` that `cls`'s constructor takes."""
     names = inspect.signature(cls.__init__).parameters
     return {name: config[name] for name in names if name in config}
+
+
+class ConfigRecord(RunFolderCallback):
+    """Writes the fully resolved configuration to <run>/config.yaml (rank zero); resuming reads it back."""
+
+    def __init__(self, config: dict[str, Any], run_dir: Path | None = None) -> None:
+        super().__init__(run_dir)
+        self.config = config
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))

@@ -11,12 +11,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cifar_lit.callbacks.history import EpochHistory
-from cifar_lit.callbacks.run_folder import RunFolderCallback
-from cifar_lit.callbacks.stop_at_target import StopAtTarget
-from cifar_lit.files import write_text_atomic
 from cifar_lit.phases import PhaseClock, phase
-from cifar_lit.provenance import device_description, versions
+from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reliability.run_folder import RunFolderCallback
+from cifar_lit.reporting.history import EpochHistory
+from cifar_lit.reporting.provenance import device_description, versions
+from cifar_lit.run.stop_at_target import StopAtTarget
 
 TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
 HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
@@ -45,7 +45,7 @@ class RunSummary(RunFolderCallback):
 
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs_run: int, global_steps: int) -> None:
         """What the summary says of training, from the callbacks' state: at the end of fit, or restored from
-        last.ckpt when a finished run is only tested (cifar_lit.run)."""
+        last.ckpt when a finished run is only tested (cifar_lit.run.train)."""
         device = trainer.strategy.root_device
         best_score = self.best.best_model_score
         self.facts = {

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from cifar_lit.callbacks.image_grids import tensorboard_writer
-from cifar_lit.callbacks.run_folder import RunFolderCallback
 from cifar_lit.phases import phase
-from cifar_lit.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
+from cifar_lit.reliability.run_folder import RunFolderCallback
+from cifar_lit.reporting.grids import tensorboard_writer
+from cifar_lit.reporting.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
 
 
 class ConfusionFigures(RunFolderCallback):

@@ -15,14 +15,20 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from cifar_lit.callbacks.stop_at_target import REACHED_TOLERANCE, StopAtTarget
-from cifar_lit.callbacks.summary import SUMMARY_NAME
-from cifar_lit.checkpoints import callback_state, check_compatible, find_last_checkpoint, load_checkpoint, run_dir_of
-from cifar_lit.config import parse_config
-from cifar_lit.errors import CheckpointError
 from cifar_lit.lightning_compat import epochs_completed
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.module import CIFARClassifier
+from cifar_lit.reliability.checkpoints import (
+    callback_state,
+    check_compatible,
+    find_last_checkpoint,
+    load_checkpoint,
+    run_dir_of,
+)
+from cifar_lit.reliability.errors import CheckpointError
+from cifar_lit.reporting.summary import SUMMARY_NAME
+from cifar_lit.run.config import parse_config
+from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget
+from cifar_lit.training.module import CIFARClassifier
 
 log = logging.getLogger("cifar_lit")
 

@@ -2,7 +2,7 @@
 
 jsonargparse checks a value against its annotation when it parses flags and config files, and `--help` shows the
 type, so the range of an option lives beside its default. `ALLOWED` says each range in words for error messages.
-Parsed values come back as instances of these int/float subclasses; `cifar_lit.config` turns them into plain
+Parsed values come back as instances of these int/float subclasses; `cifar_lit.run.config` turns them into plain
 numbers, so configs and checkpoints hold only built-in types.
 """
 
