@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -16,13 +16,19 @@ from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.provenance import device_description, versions
-from cifar_lit.run.stop_at_target import StopAtTarget
 
 TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
 HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
 
 
 SUMMARY_NAME = "summary.json"
+
+
+class TargetRecord(Protocol):
+    """What the summary reads of the stop-at-target callback (cifar_lit.run.stop_at_target, in a room above)."""
+
+    reached_epoch: int | None
+    reached_seconds: float | None
 
 class RunSummary(RunFolderCallback):
     """Collects what fitting achieved when it ends (before testing loads the best checkpoint) and, after the
@@ -32,7 +38,7 @@ class RunSummary(RunFolderCallback):
     """
 
     def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
-                 stop: StopAtTarget, best: ModelCheckpoint, history: EpochHistory,
+                 stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory,
                  run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
         self.config, self.command, self.commit, self.clock = config, command, commit, clock
