@@ -88,7 +88,12 @@ def flags(data: Path, logdir: Path, steps: int) -> list[str]:
 def lightning_step_seconds(data: Path, logdir: Path, steps: int) -> float:
     clock = StepClock()
     build = run.build_callbacks
-    run.build_callbacks = lambda *args, **kwargs: {**build(*args, **kwargs), "step_clock": clock}
+    def with_clock(*args, **kwargs):
+        callbacks = build(*args, **kwargs)
+        callbacks.after.append(clock)
+        return callbacks
+
+    run.build_callbacks = with_clock
     try:
         assert run.main(flags(data, logdir, steps)) == 0
     finally:

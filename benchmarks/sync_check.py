@@ -53,7 +53,12 @@ if __name__ == "__main__":
     warnings.simplefilter("always")
     watch = WatchSyncs()
     build = run.build_callbacks
-    run.build_callbacks = lambda *args, **kwargs: {"watch": watch, **build(*args, **kwargs)}
+    def with_watch(*args, **kwargs):
+        callbacks = build(*args, **kwargs)
+        callbacks.before.append(watch)
+        return callbacks
+
+    run.build_callbacks = with_watch
     code = run.main(sys.argv[1:])
     print(f"{sum(sites.values())} synchronizations from {len(sites)} call sites during training (CUDA's count):")
     for site, count in sites.most_common():

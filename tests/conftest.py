@@ -74,6 +74,8 @@ def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
     original = run.build_callbacks
 
     def build(*args, **kwargs):
-        return {"injected": callback, **original(*args, **kwargs)}
+        callbacks = original(*args, **kwargs)
+        callbacks.before.append(callback)
+        return callbacks
 
     monkeypatch.setattr(run, "build_callbacks", build)

@@ -274,15 +274,13 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoints(noisy_
     assert main([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "1"]) == 0
     run_dir = only_run(logdir)
     before = {path.name: digest(path) for path in (run_dir / "checkpoints").iterdir()}
-    original = CIFARClassifier._shared_step
+    original = CIFARClassifier.training_step
 
-    def poisoned(self, batch, stage):
-        out = original(self, batch, stage)
-        if stage == "train" and self.trainer.global_step == 13:
-            out["loss"] = out["loss"] * float("nan")
-        return out
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.trainer.global_step == 13 else loss
 
-    monkeypatch.setattr(CIFARClassifier, "_shared_step", poisoned)
+    monkeypatch.setattr(CIFARClassifier, "training_step", poisoned)
     capsys.readouterr()
     assert main(["--resume", "last", "--logdir", str(logdir), "--max-epochs", "3"]) == run.EXIT_NON_FINITE
     err = capsys.readouterr().err

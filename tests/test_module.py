@@ -5,6 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
 
@@ -77,11 +78,10 @@ def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, li
 
 
 def test_lr_scales_with_the_global_batch():
-    model = CIFARClassifier(lr=0.2, lr_reference_batch_size=256)
+    model = CIFARClassifier(lr=0.2, lr_reference_batch_size=256, batch_size=512)
 
     class FakeTrainer:
         world_size = 4
-        datamodule = CIFAR10DataModule(batch_size=512)
 
     model._trainer = FakeTrainer()
     assert model.peak_lr() == pytest.approx(0.2 * 512 * 4 / 256)
@@ -101,3 +101,9 @@ def test_schedule_rebuilt_over_a_longer_run_keeps_the_step():
     assert second.last_epoch == 51
     assert second.get_last_lr()[0] == pytest.approx(1 - 51 / 200)
     assert not math.isclose(second.get_last_lr()[0], 1 - 51 / 100)
+
+
+def test_one_batch_size_flag_sets_the_loaders_and_the_lr_scaling():
+    config = parse_config(["--batch-size", "512"])
+    assert class_kwargs(CIFARClassifier, config)["batch_size"] == 512
+    assert class_kwargs(CIFAR10DataModule, config)["batch_size"] == 512

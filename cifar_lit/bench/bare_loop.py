@@ -24,7 +24,7 @@ from cifar_lit.data.sources import load_split
 from cifar_lit.models import resnet18
 from cifar_lit.training.compile_warmup import compile_options, run_every_shape
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
-from cifar_lit.training.optim import build_scheduler, build_sgd
+from cifar_lit.training.optim import build_scheduler, build_sgd, scaled_lr
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -115,9 +115,7 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     epoch_box = [0]
     loader = TensorBatchLoader(train_images, train_labels, config["batch_size"], shuffle=True, drop_last=True,
                                seed=config["seed"], epoch_fn=lambda: epoch_box[0])
-    peak_lr = config["lr"]
-    if config.get("lr_reference_batch_size"):
-        peak_lr *= config["batch_size"] / config["lr_reference_batch_size"]
+    peak_lr = scaled_lr(config["lr"], config["batch_size"] * 1, config["lr_reference_batch_size"])  # one process
     optimizer = build_sgd(model, peak_lr, config["momentum"], config["nesterov"], config["weight_decay"],
                           config["norm_bias_weight_decay"], config["norm_bias_lr_scale"])
     scheduler = build_scheduler(optimizer, config["schedule"], config["max_epochs"] * len(loader),

@@ -16,6 +16,7 @@ from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.provenance import device_description, versions
+from cifar_lit.training.compile_warmup import CompileWarmup
 
 TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
 HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
@@ -38,11 +39,11 @@ class RunSummary(RunFolderCallback):
     """
 
     def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
-                 stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory,
+                 stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory, warmup: CompileWarmup,
                  run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
         self.config, self.command, self.commit, self.clock = config, command, commit, clock
-        self.timer, self.stop, self.best, self.history = timer, stop, best, history
+        self.timer, self.stop, self.best, self.history, self.warmup = timer, stop, best, history, warmup
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
 
@@ -62,8 +63,8 @@ class RunSummary(RunFolderCallback):
             "epochs_run": epochs_run,
             "global_steps": global_steps,
             "train_seconds": self.timer.time_elapsed("train"),
-            "warmup_seconds": getattr(pl_module, "warmup_seconds", 0.0),
-            "compile_cache": getattr(pl_module, "compile_cache", None),
+            "warmup_seconds": self.warmup.seconds,
+            "compile_cache": self.warmup.cache,
             "val_acc_per_epoch": [row.get("val_acc") for row in self.history.rows],
             "images_per_second": self.history.steady_images_per_second(),
             "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,

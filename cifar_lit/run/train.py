@@ -34,12 +34,12 @@ from cifar_lit.reliability.disk import bytes_needed, check_free_space, out_of_sp
 from cifar_lit.reliability.errors import UserError
 from cifar_lit.reliability.non_finite import NonFiniteLoss
 from cifar_lit.reliability.run_folder import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
-from cifar_lit.reliability.signals import GracefulStop, Interrupted, SignalGuard, StopRequested
+from cifar_lit.reliability.signals import Interrupted, SignalGuard, StopRequested
 from cifar_lit.reporting.provenance import command_line, git_commit
 from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.run.resume import ResumePlan, plan_resume, restore_callback_states
-from cifar_lit.run.trainer import build_callbacks, build_trainer
+from cifar_lit.run.trainer import RunCallbacks, build_callbacks, build_trainer
 from cifar_lit.training.compile_cache import compile_cache
 from cifar_lit.training.module import CIFARClassifier
 
@@ -87,7 +87,7 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
             return fit_and_test(trainer, model, datamodule, callbacks, config, plan, signals)
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
-            stop.run_dir = callbacks["graceful"].run_dir if "graceful" in callbacks else run_dir
+            stop.run_dir = callbacks.graceful.run_dir if callbacks.graceful else run_dir
         remove_if_unused(run_dir, created)
         raise
     finally:
@@ -98,13 +98,12 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
 
 
 def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
-                 callbacks: dict[str, Any], config: dict[str, Any], plan: ResumePlan | None,
+                 callbacks: RunCallbacks, config: dict[str, Any], plan: ResumePlan | None,
                  signals: SignalGuard) -> int:
-    graceful: GracefulStop | None = callbacks.get("graceful")
-    summary = callbacks.get("summary")
+    graceful, summary = callbacks.graceful, callbacks.summary
     if plan is not None and plan.test_only:
         restore_callback_states(trainer.callbacks, plan.checkpoint)
-        callbacks["phases"].carry_restored()
+        callbacks.phases.carry_restored()
         summary.collect(trainer, model, epochs_completed(plan.checkpoint), plan.checkpoint["global_step"])
     else:
         try:
@@ -133,7 +132,7 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
                   f"the finished training (epoch {trainer.current_epoch}, step {trainer.global_step}). Resume with: "
                   f"python train.py --resume {last} (it runs the test and writes the summary)", file=sys.stderr)
             return 128 + graceful.signum
-    callbacks["phases"].clock.switch("test")
+    callbacks.phases.clock.switch("test")
     trainer.test(model, datamodule=datamodule, ckpt_path=summary.facts["best_checkpoint"], weights_only=True)
     if summary.summary is not None:
         print(closing_line(summary.summary))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, Timer
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -26,10 +27,44 @@ from cifar_lit.run.config import ConfigRecord
 from cifar_lit.run.log_cadence import LogEveryEpoch
 from cifar_lit.run.progress import LossProgressBar
 from cifar_lit.run.stop_at_target import StopAtTarget
+from cifar_lit.training.compile_warmup import CompileWarmup
+
+
+@dataclass
+class RunCallbacks:
+    """The run's callbacks, one field per role; None where this run does without one (fast-dev-run writes nothing,
+    no progress bar, no EMA...). `before` and `after` are extra callbacks (tests and benchmarks add watchers) that
+    run before and after the run's own."""
+
+    phases: PhaseTimer
+    timer: Timer
+    stop: StopAtTarget
+    guard: NonFiniteLossGuard
+    cadence: LogEveryEpoch
+    progress: LossProgressBar | None = None
+    ema: WeightAveraging | None = None
+    record: ConfigRecord | None = None
+    lr: LearningRateMonitor | None = None
+    history: EpochHistory | None = None
+    grids: PredictionGrids | None = None
+    figures: ConfusionFigures | None = None
+    best: PhasedCheckpoint | None = None
+    last: PhasedCheckpoint | FinalCheckpoint | None = None
+    last_steps: StepCheckpoint | None = None
+    graceful: GracefulStop | None = None
+    summary: RunSummary | None = None
+    warmup: CompileWarmup = field(default_factory=CompileWarmup)  # last: it compiles once the others have started
+    before: list[Callback] = field(default_factory=list)
+    after: list[Callback] = field(default_factory=list)
+
+    def as_list(self) -> list[Callback]:
+        """In the order Lightning calls them (it moves checkpoint callbacks to the end itself)."""
+        own = [getattr(self, role.name) for role in fields(self) if role.name not in ("before", "after")]
+        return [*self.before, *(callback for callback in own if callback is not None), *self.after]
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
-                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard) -> dict[str, Any]:
+                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard) -> RunCallbacks:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -37,27 +72,22 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     """
     timer = Timer(duration=None, verbose=False)
     guard = NonFiniteLossGuard(checkpoint_every_n_steps=config["ckpt_every_n_steps"])
-    callbacks: dict[str, Any] = {
-        "phases": PhaseTimer(clock),
-        "timer": timer,
-        "stop": StopAtTarget(config["target_acc"], timer),
-        "guard": guard,
-        "cadence": LogEveryEpoch(),
-    }
+    callbacks = RunCallbacks(phases=PhaseTimer(clock), timer=timer, stop=StopAtTarget(config["target_acc"], timer),
+                             guard=guard, cadence=LogEveryEpoch())
     if config["progress_bar"]:
-        callbacks["progress"] = LossProgressBar(refresh_rate=10)
+        callbacks.progress = LossProgressBar(refresh_rate=10)
     if config["ema_decay"]:
-        callbacks["ema"] = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
+        callbacks.ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
     if config["fast_dev_run"]:
         return callbacks
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
-    callbacks["record"] = ConfigRecord(config, run_dir)
-    callbacks["lr"] = LearningRateMonitor(logging_interval="step")
-    callbacks["history"] = EpochHistory(run_dir)
-    callbacks["grids"] = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
-                                         run_dir)
-    callbacks["figures"] = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
-    callbacks["best"] = PhasedCheckpoint(
+    callbacks.record = ConfigRecord(config, run_dir)
+    callbacks.lr = LearningRateMonitor(logging_interval="step")
+    callbacks.history = EpochHistory(run_dir)
+    callbacks.grids = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
+                                      run_dir)
+    callbacks.figures = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
+    callbacks.best = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor="val/acc", mode="max", save_top_k=1, save_weights_only=config["best_weights_only"],
     )
@@ -66,18 +96,18 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                   enable_version_counter=False)
     if config["ckpt_every_n_epochs"]:
-        callbacks["last"] = PhasedCheckpoint(**latest, every_n_epochs=config["ckpt_every_n_epochs"])
+        callbacks.last = PhasedCheckpoint(**latest, every_n_epochs=config["ckpt_every_n_epochs"])
     else:
-        callbacks["last"] = FinalCheckpoint(guard.check, run_dir)
+        callbacks.last = FinalCheckpoint(guard.check, run_dir)
     if config["ckpt_every_n_steps"]:
-        callbacks["last_steps"] = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
-    callbacks["graceful"] = GracefulStop(guard, run_dir, signals)
-    callbacks["summary"] = RunSummary(config, command, commit, clock, timer, callbacks["stop"], callbacks["best"],
-                                      callbacks["history"], run_dir)
+        callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
+    callbacks.graceful = GracefulStop(guard, run_dir, signals)
+    callbacks.summary = RunSummary(config, command, commit, clock, timer, callbacks.stop, callbacks.best,
+                                   callbacks.history, callbacks.warmup, run_dir)
     return callbacks
 
 
-def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Path | None) -> pl.Trainer:
+def build_trainer(config: dict[str, Any], callbacks: RunCallbacks, run_dir: Path | None) -> pl.Trainer:
     accelerator, devices, precision = resolve_hardware(config)
     logger: Any = False
     if not config["fast_dev_run"]:
@@ -93,7 +123,7 @@ def build_trainer(config: dict[str, Any], callbacks: dict[str, Any], run_dir: Pa
         max_epochs=config["max_epochs"],
         limit_train_batches=config["limit_train_batches"],
         logger=logger,
-        callbacks=list(callbacks.values()),
+        callbacks=callbacks.as_list(),
         deterministic=config["deterministic"],
         benchmark=not config["deterministic"],
         log_every_n_steps=config["log_every_n_steps"],

@@ -1,13 +1,24 @@
-"""Pay torch.compile's cost before the clock starts: run every batch shape once, then restore the weights."""
+"""Pay torch.compile's cost before the clock starts: run every batch shape once, then restore the weights.
+
+`CompileWarmup` does it at the start of a fit, with the DataModule's own transforms and the module's own compiled
+steps, so neither of the two needs to know the other."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Callback
 from torch import nn
+
+from cifar_lit.phases import phase
+from cifar_lit.training.compile_cache import cache_counts, cache_report
+
+log = logging.getLogger("cifar_lit")
 
 
 def compile_options(mode: str = "default") -> dict[str, Any]:
@@ -41,3 +52,42 @@ def run_every_shape(model: nn.Module, train_step: Callable[[int], torch.Tensor],
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+class CompileWarmup(Callback):
+    """With `compile` and `compile_warmup` set on the LightningModule, compiles every batch shape of the fit when it
+    starts: each training batch size through the DataModule's augmentation and the module's `train_forward` (with
+    its backward), each evaluation batch size through `eval_transform` and `eval_forward`, in the Trainer's
+    precision. Training and its clock then start with compiled code.
+
+    `seconds` is the warm-up's duration and `cache` what it found in torch.compile's disk cache
+    (`compile_cache.cache_report`), both for the run's summary.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.cache: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hparams = pl_module.hparams
+        if not (hparams.get("compile") and hparams.get("compile_warmup")):
+            return
+        datamodule, context = trainer.datamodule, trainer.precision_plugin.forward_context
+
+        def train_step(size: int) -> torch.Tensor:
+            images, labels = datamodule.example_batch(size, train=True, device=pl_module.device)
+            with context():
+                return pl_module.train_forward(datamodule.train_transform(images, 0, 0), labels)[0]
+
+        def eval_step(size: int) -> None:
+            images, labels = datamodule.example_batch(size, train=False, device=pl_module.device)
+            with context():
+                pl_module.eval_forward(datamodule.eval_transform(images), labels)
+
+        before = cache_counts()
+        with phase("warmup"):
+            self.seconds = run_every_shape(pl_module.model, train_step, eval_step, [datamodule.hparams.batch_size],
+                                           datamodule.eval_batch_sizes())
+        self.cache = cache_report(before, cache_counts())
+        log.info("Compile warm-up took %.1f s (%s start: %d graphs from the cache in %s, %d compiled).",
+                 self.seconds, self.cache["state"], self.cache["hits"], self.cache["folder"], self.cache["misses"])

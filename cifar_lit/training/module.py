@@ -12,7 +12,6 @@ from torch import nn
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
 from cifar_lit.models import resnet18
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.phases import phase
 from cifar_lit.reliability.option_types import (
     ClosedUnitInterval,
     Fraction,
@@ -21,10 +20,9 @@ from cifar_lit.reliability.option_types import (
     PositiveFloat,
     PositiveInt,
 )
-from cifar_lit.training.compile_cache import cache_counts, cache_report
-from cifar_lit.training.compile_warmup import compile_options, run_every_shape
+from cifar_lit.training.compile_warmup import compile_options
 from cifar_lit.training.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
-from cifar_lit.training.optim import build_scheduler, build_sgd
+from cifar_lit.training.optim import Schedule, build_scheduler, build_sgd, scaled_lr
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,7 @@ class CIFARClassifier(pl.LightningModule):
         lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
         lr_reference_batch_size: the peak LR is scaled linearly with the global batch (batch size per device x
             devices x nodes) relative to this many images (Goyal et al., 2017); null uses `lr` as it is.
+        batch_size: training images per step on each device (the global batch is this times the devices).
         momentum: SGD momentum.
         nesterov: use Nesterov momentum.
         weight_decay: L2 penalty on convolution and linear weights.
@@ -64,13 +63,14 @@ class CIFARClassifier(pl.LightningModule):
         width: PositiveInt = RESNET18_WIDTH,
         lr: PositiveFloat = 0.2,
         lr_reference_batch_size: PositiveInt | None = 256,
+        batch_size: PositiveInt = 256,
         momentum: FractionBelowOne = 0.9,
         nesterov: bool = True,
         weight_decay: NonNegativeFloat = 5e-4,
         norm_bias_weight_decay: NonNegativeFloat = 0.0,
         norm_bias_lr_scale: NonNegativeFloat = 1.0,
         label_smoothing: FractionBelowOne = 0.1,
-        schedule: Literal["onecycle", "linear", "cosine", "constant"] = "onecycle",
+        schedule: Schedule = "onecycle",
         warmup_fraction: FractionBelowOne = 0.25,
         lr_start_factor: Fraction = 0.04,
         lr_end_factor: ClosedUnitInterval = 0.0,
@@ -98,8 +98,6 @@ class CIFARClassifier(pl.LightningModule):
         # The last evaluation of each stage (accuracy, loss, per-class accuracy, confusion matrix), on the device:
         # the figure callbacks copy it to the host only when they draw.
         self.evaluation: dict[str, dict[str, torch.Tensor]] = {}
-        self.warmup_seconds = 0.0
-        self.compile_cache: dict[str, Any] | None = None  # what the warm-up found in torch.compile's disk cache
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
 
@@ -118,69 +116,33 @@ class CIFARClassifier(pl.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if self.hparams.compile and not self._compiled:
             options = compile_options(self.hparams.compile_mode)
-            self._train_forward = torch.compile(self._train_forward, **options)
-            self._eval_forward = torch.compile(self._eval_forward, **options)
+            self.train_forward = torch.compile(self.train_forward, **options)
+            self.eval_forward = torch.compile(self.eval_forward, **options)
             self._compiled = True
-
-    def on_fit_start(self) -> None:
-        if self.hparams.compile and self.hparams.compile_warmup:
-            self.warm_up()
-
-    def warm_up(self) -> None:
-        """Compile every batch shape of the fit now, the DataModule's transforms included, so training (and its
-        clock) starts with compiled code."""
-        datamodule, context = self.trainer.datamodule, self.trainer.precision_plugin.forward_context
-
-        def train_step(size: int) -> torch.Tensor:
-            images, labels = datamodule.example_batch(size, train=True, device=self.device)
-            with context():
-                return self._train_forward(datamodule.train_transform(images, 0, 0), labels)[0]
-
-        def eval_step(size: int) -> None:
-            images, labels = datamodule.example_batch(size, train=False, device=self.device)
-            with context():
-                self._eval_forward(datamodule.eval_transform(images), labels)
-
-        before = cache_counts()
-        with phase("warmup"):
-            self.warmup_seconds = run_every_shape(self.model, train_step, eval_step, [datamodule.hparams.batch_size],
-                                                  datamodule.eval_batch_sizes())
-        self.compile_cache = cache_report(before, cache_counts())
-        log.info("Compile warm-up took %.1f s (%s start: %d graphs from the cache in %s, %d compiled).",
-                 self.warmup_seconds, self.compile_cache["state"], self.compile_cache["hits"],
-                 self.compile_cache["folder"], self.compile_cache["misses"])
 
     # ------------------------------------------------------------------------------------------------- steps
 
-    def _train_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network, loss and the step's metric sums: one graph when compiled."""
         logits = self.model(images)
         loss = self.train_criterion(logits, labels)
         return loss, training_sums(logits, labels, loss)
 
-    def _eval_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network (twice with flip TTA) and the batch's evaluation sums: one graph when compiled."""
         return evaluate_batch(self.model, images, labels, self.hparams.num_classes, self.hparams.flip_tta)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        if stage == "train":
-            loss, sums = self._train_forward(images, labels)
-            self.train_acc.update(sums[0:2])
-            self.train_loss.update(sums[2:4])
-            if self._train_metrics_logged_in != self.current_epoch:
-                # Lightning reads a logged metric object when the epoch ends, so handing it over once per epoch
-                # is enough; every call walks and moves the metric's state, most of the loop's cost per step.
-                self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-                self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-                self._train_metrics_logged_in = self.current_epoch
-            return {"loss": loss}
-        sums, predictions = self._eval_forward(images, labels)
-        getattr(self, f"{stage}_sums").update(sums)
-        return {"preds": predictions}
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "train")["loss"]
+        images, labels = batch
+        loss, sums = self.train_forward(images, labels)
+        self.train_acc.update(sums[0:2])
+        self.train_loss.update(sums[2:4])
+        if self._train_metrics_logged_in != self.current_epoch:
+            # Lightning reads a logged metric object when the epoch ends, so handing it over once per epoch is
+            # enough; every call walks and moves the metric's state, most of the loop's cost per step.
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            self._train_metrics_logged_in = self.current_epoch
         if self._logging_step():
             # Not on the progress bar: Lightning turns progress-bar values into numbers after every step, a host
             # sync each time (cifar_lit.run.progress shows the loss without one).
@@ -192,11 +154,19 @@ class CIFARClassifier(pl.LightningModule):
         then, so the other steps spend nothing on it."""
         return (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0
 
+    def _evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Validation and test alike: the batch's evaluation sums into the stage's metric; predictions for the
+        image-grid callback."""
+        images, labels = batch
+        sums, predictions = self.eval_forward(images, labels)
+        getattr(self, f"{stage}_sums").update(sums)
+        return {"preds": predictions}
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._shared_step(batch, "val")
+        return self._evaluation_step(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._shared_step(batch, "test")
+        return self._evaluation_step(batch, "test")
 
     def _log_evaluation(self, stage: str) -> None:
         """Log `<stage>/acc`, `<stage>/loss` (and `<stage>/acc_tta`) and keep the whole evaluation for figures."""
@@ -218,16 +188,14 @@ class CIFARClassifier(pl.LightningModule):
     # --------------------------------------------------------------------------------------------- optimization
 
     def peak_lr(self) -> float:
-        """`lr`, scaled by global batch / `lr_reference_batch_size` when that is set."""
-        reference = self.hparams.lr_reference_batch_size
-        if not reference or self._trainer is None or self.trainer.datamodule is None:
-            return self.hparams.lr
-        global_batch = self.trainer.datamodule.hparams.batch_size * self.trainer.world_size
-        return self.hparams.lr * global_batch / reference
+        """`lr`, scaled by the global batch (`batch_size` x processes) / `lr_reference_batch_size` when that is set."""
+        processes = self.trainer.world_size if self._trainer is not None else 1
+        return scaled_lr(self.hparams.lr, self.hparams.batch_size * processes, self.hparams.lr_reference_batch_size)
 
     def total_training_steps(self) -> int:
-        """Optimizer steps in the whole run, counted from the DataModule's loader length (see
-        `lightning_compat.training_steps` for why not `trainer.estimated_stepping_batches`)."""
+        """Optimizer steps in the whole run, counted from the DataModule's loader length. No hook argument gives it:
+        Lightning's own count, `trainer.estimated_stepping_batches`, starts the training loader before a checkpoint
+        is restored (`lightning_compat.training_steps`)."""
         return training_steps(self.trainer, self.trainer.datamodule.train_batches_per_epoch())
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -8,14 +8,21 @@ old length along (the OneCycleLR resume problem, Lightning issue #15462).
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 
-ScheduleKind = Literal["onecycle", "linear", "cosine", "constant"]
-SCHEDULES: tuple[str, ...] = ("onecycle", "linear", "cosine", "constant")
+Schedule = Literal["onecycle", "linear", "cosine", "constant"]
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: int | None) -> float:
+    """`lr` given for `reference_batch` images per step, scaled linearly to `global_batch` (Goyal et al., 2017);
+    `lr` itself when there is no reference."""
+    return lr * global_batch / reference_batch if reference_batch else lr
 
 
 def split_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
