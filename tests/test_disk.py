@@ -3,10 +3,10 @@ files intact, no temporary file left) when any writer meets ENOSPC, however it s
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
-import pathlib
 import shutil
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from cifar_lit.models.resnet import resnet18
-from cifar_lit.reliability import checkpoints, disk
+from cifar_lit.reliability import checkpoints, disk, files
 from cifar_lit.run.train import main
 
 SHORT = ["--width", "8", "--target-acc", "1.0", "--max-epochs", "2"]
@@ -60,7 +60,7 @@ def test_a_log_folder_without_room_for_the_run_is_refused_before_anything_is_wri
 
 def fail_on_call(monkeypatch, owner, name: str, failing_call: int, error: BaseException, when=lambda *a: True):
     """Make owner.name raise `error` from its `failing_call`-th call on which `when(*args)` holds."""
-    real = getattr(owner, name)
+    real = getattr(owner, name, None) or getattr(builtins, name)  # a builtin such as open, seen from `owner`
     calls = []
 
     def failing(*args, **kwargs):
@@ -70,7 +70,7 @@ def fail_on_call(monkeypatch, owner, name: str, failing_call: int, error: BaseEx
                 raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(owner, name, failing)
+    monkeypatch.setattr(owner, name, failing, raising=False)
 
 
 def named(fragment: str):
@@ -81,9 +81,9 @@ WRITERS = {
     # writer -> (patch target, attribute, failing call, error, filter, what the message names)
     "checkpoint (torch's RuntimeError)": (checkpoints.torch, "save", 3, RuntimeError(
         "PytorchStreamWriter failed writing file data/0: file write failed"), lambda *a: True, "checkpoint"),
-    "metrics.csv": (pathlib.Path, "write_bytes", 2, enospc(), named("metrics.csv"), "metrics.csv"),
-    "a figure": (pathlib.Path, "write_bytes", 1, enospc(), named(".png"), ".png"),
-    "summary.json": (pathlib.Path, "write_bytes", 1, enospc(), named("summary.json"), "summary.json"),
+    "metrics.csv": (files, "open", 2, enospc(), named("metrics.csv"), "metrics.csv"),
+    "a figure": (files, "open", 1, enospc(), named(".png"), ".png"),
+    "summary.json": (files, "open", 1, enospc(), named("summary.json"), "summary.json"),
     "TensorBoard": (EventFileWriter, "add_event", 40, enospc(), lambda *a: True, "version_0"),
 }
 

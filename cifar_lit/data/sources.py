@@ -20,7 +20,7 @@ from torchvision.datasets import CIFAR10
 
 from cifar_lit.data.constants import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
 from cifar_lit.reliability.errors import DataError
-from cifar_lit.reliability.files import remove_stale_temporaries, temporary_path
+from cifar_lit.reliability.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +145,9 @@ def default_cache_dir(data_dir: Path) -> Path:
 
 
 def write_cache(path: Path, split: Split, source_fingerprint: str) -> None:
-    """Write to a temporary file and rename it, so an interrupted write never leaves a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)  # a decode killed half-way leaves a large temporary file
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=split.images, labels=split.labels, fingerprint=np.array(source_fingerprint))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Written whole or not at all (`atomic_file`): an interrupted decode never leaves a half-written cache."""
+    with atomic_file(path) as handle:
+        np.savez(handle, images=split.images, labels=split.labels, fingerprint=np.array(source_fingerprint))
 
 
 def read_cache(path: Path, expected_fingerprint: str) -> Split | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Callable
@@ -16,24 +15,10 @@ from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_sa
 from cifar_lit.phases import phase
 from cifar_lit.reliability.disk import is_out_of_space
 from cifar_lit.reliability.errors import CheckpointError
-from cifar_lit.reliability.files import remove_stale_temporaries, temporary_path
+from cifar_lit.reliability.files import atomic_file
 
 LAST_NAME = "last.ckpt"
 CHECKPOINT_FOLDER = "checkpoints"
-
-
-def fsync_directory(folder: Path) -> None:
-    """Make a rename inside `folder` durable (best effort: not every file system allows it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,16 +32,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
-        tmp = temporary_path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(path)
-            with open(tmp, "wb") as handle:
+            with atomic_file(path) as handle:
                 torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            fsync_directory(path.parent)
         except (OSError, RuntimeError) as error:
             if not (isinstance(error, OSError) or is_out_of_space(error)):
                 raise
@@ -66,8 +44,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{path.parent} are untouched. Free disk space or choose another --logdir, then resume with "
                 "--resume last."
             ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class OrderedAsyncCheckpointIO(AsyncCheckpointIO):
