@@ -101,6 +101,9 @@ class PhaseTimer(Callback):
     once training has ended (the background writer is drained then), test during the final test and reports after
     it. The other phases are marked by the code that does their work (data, warm-up, checkpoint writes, figures).
 
+    The run's phase seconds so far go to the loggers as `phases/<name>` after every training epoch and after the
+    final test (rank zero).
+
     Its checkpoint state is the run's phase seconds so far, so a resumed run's summary counts every process.
     """
 
@@ -134,6 +137,16 @@ class PhaseTimer(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.clock.switch("reports")
+        self._log(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            scalars = {f"phases/{name}": seconds for name, seconds in self.clock.cumulative().items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"phase_seconds": self.clock.cumulative()}

@@ -107,3 +107,9 @@ def test_the_checker_sees_plain_relative_and_nested_imports():
               "def f():\n    import cifar_lit.bench.host_sync\n")
     found = imports_in(source, "cifar_lit.data.probe", is_package=False)
     assert {"cifar_lit.run.train", "cifar_lit.reporting.summary", "cifar_lit.bench.host_sync"} <= found
+
+
+def test_the_project_root_is_the_checkout_that_holds_the_commands():
+    from cifar_lit.reporting.provenance import PROJECT_ROOT
+
+    assert (PROJECT_ROOT / "train.py").is_file() and (PROJECT_ROOT / "configs" / "default.yaml").is_file()

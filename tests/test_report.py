@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FLAGS
+from helpers import TINY_FLAGS
 from PIL import Image
 from synthetic import CLASS_COLOURS, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -119,6 +119,14 @@ def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and "Traceback" not in err
     assert "resum" not in err  # evaluate.py's messages speak of evaluating, not of resuming
+
+
+def test_evaluate_asks_for_a_missing_gpu_like_train_py_does(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert evaluate(["--ckpt", str(tmp_path / "none.ckpt"), "--gpus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpus 1 asks for 1 GPU(s)") and "--gpus 0" in err
 
 
 @pytest.mark.slow

@@ -14,8 +14,6 @@ CIFAR10_CLASSES = (
     "truck",
 )
 IMAGE_SIZE = 32
-NUM_TRAIN_IMAGES = 50_000
-NUM_TEST_IMAGES = 10_000
 
 # Per-channel mean and standard deviation of the 50,000 original CIFAR-10 training images, pixels scaled to [0, 1]
 # (every pixel of every training image pooled per channel). They are the values commonly quoted for CIFAR-10; the

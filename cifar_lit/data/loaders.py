@@ -26,7 +26,7 @@ class TensorBatchLoader:
     stateful (`state_dict`/`load_state_dict`), so Lightning can resume it mid-epoch at the next unseen batch.
 
     Args:
-        images: uint8 (N, C, H, W) tensor, on the device where batches should appear.
+        images: uint8 (N, H, W, C) tensor, on the device where batches should appear.
         labels: int64 (N,) tensor on the same device.
         batch_size: images per batch on this rank.
         shuffle: draw a new order every epoch (training); otherwise keep the stored order (evaluation).

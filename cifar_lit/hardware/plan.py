@@ -25,3 +25,10 @@ def resolve_hardware(config: dict[str, Any]) -> tuple[str, int | str, str]:
     on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
     precision = config["precision"] or ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
     return accelerator, devices, precision
+
+
+def single_device(gpus: int | None) -> torch.device:
+    """The device of a one-process job on a trained network (evaluate.py): chosen by the same rules as training,
+    from `--gpus` (None: a GPU when there is one)."""
+    accelerator, _, _ = resolve_hardware({"gpus": gpus, "accelerator": "auto", "devices": 1, "precision": None})
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)

@@ -20,6 +20,7 @@ import yaml
 
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.data.sources import load_split
+from cifar_lit.hardware.plan import single_device
 from cifar_lit.reliability.checkpoints import run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
@@ -64,14 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--gpus", type=int, default=None, help="0 for the CPU (default: a GPU when available)")
     return parser
-
-
-def pick_device(gpus: int | None) -> torch.device:
-    if gpus is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if gpus > 0 and not torch.cuda.is_available():
-        raise ConfigError(f"--gpus {gpus} asks for a GPU, but PyTorch sees none. Use --gpus 0 for the CPU.")
-    return torch.device("cuda" if gpus > 0 else "cpu")
 
 
 def run_config(checkpoint: Path) -> dict[str, Any]:
@@ -197,7 +190,7 @@ def evaluate(argv: Sequence[str]) -> int:
         print(compare_runs(args.compare, out), end="")
         print(f"Wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
         return 0
-    device = pick_device(args.gpus)
+    device = single_device(args.gpus)
     if args.images:
         model = load_trained_model(args.ckpt, device)
         images = np.stack([read_user_image(path) for path in args.images])

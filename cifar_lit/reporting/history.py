@@ -11,7 +11,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from cifar_lit import phases
 from cifar_lit.phases import phase
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
@@ -62,8 +61,8 @@ class EpochHistory(RunFolderCallback):
     """Records accuracy, loss, learning rate, epoch time and images/s after every training epoch.
 
     The rows live in the checkpoint (so a resumed run keeps its whole history), are rewritten to
-    `<run>/metrics.csv` every epoch, logged to TensorBoard as `time/epoch_seconds`, `time/images_per_second` and
-    the run's phase seconds so far (`phases/<name>`), and drawn as `accuracy.png` and `loss.png` in the run folder
+    `<run>/metrics.csv` every epoch, logged to TensorBoard as `time/epoch_seconds` and `time/images_per_second`,
+    and drawn as `accuracy.png` and `loss.png` in the run folder
     when fitting ends.
 
     Times: `train_seconds` of an epoch runs from its start to the start of its validation, `epoch_seconds` to its
@@ -140,9 +139,6 @@ class EpochHistory(RunFolderCallback):
 
     def _publish(self, trainer: pl.Trainer, row: dict[str, Any]) -> None:
         scalars = {"time/epoch_seconds": row["epoch_seconds"], "time/images_per_second": row["images_per_second"]}
-        clock = phases.active()
-        if clock is not None:
-            scalars.update({f"phases/{name}": seconds for name, seconds in clock.cumulative().items()})
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
         self.write_csv(self.run_dir / "metrics.csv")

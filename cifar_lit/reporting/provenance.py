@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: cifar_lit/reporting/provenance.py
 
 
 def device_description(device: torch.device | str | None = None) -> str:

@@ -108,10 +108,8 @@ class RunSummary(RunFolderCallback):
         params = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
                   for key, value in self.config.items()}
         metrics = {f"hp/{key}": float(summary[key]) for key in HPARAM_METRICS if summary.get(key) is not None}
-        phase_scalars = {f"phases/{name}": seconds for name, seconds in summary["phase_seconds"].items()}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_metrics(phase_scalars, step=trainer.global_step)
                 logger.log_hyperparams(params, metrics)
                 logger.finalize("success")
 

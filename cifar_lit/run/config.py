@@ -34,7 +34,6 @@ from cifar_lit.reliability.option_types import (
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.training.module import CIFARClassifier
 
-PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true")
 Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
 # Options a config file may hold but that belong to the run, not to the model or the data.
 RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
