@@ -12,25 +12,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import TINY_FLAGS  # noqa: E402
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
-
-from cifar_lit.run import train as run  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n: one worker per core, so each worker (and the train.py processes it starts) uses one thread;
     # two threads per worker on two cores made every test about twice as slow.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-# A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
-# accuracy within a few epochs with these settings on the CPU, in seconds.
-TINY_FLAGS = [
-    "--gpus", "0", "--width", "8", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
-    "--lr-reference-batch-size", "30",
-    "--schedule", "constant", "--warmup-fraction", "0", "--no-progress-bar", "--sanity-val-steps", "0",
-    "--grid-images", "8", "--log-every-n-steps", "5",
-]
-
 
 @pytest.fixture(scope="session")
 def image_folder_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,17 +54,3 @@ def batches_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_flags(image_folder: Path, tmp_path: Path) -> list[str]:
     return [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs")]
-
-
-
-def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
-    """Make train.py's runs in this test use `callback` too, before all of its own (GracefulStop then sees a
-    signal the callback sends in the same step)."""
-    original = run.build_callbacks
-
-    def build(*args, **kwargs):
-        callbacks = original(*args, **kwargs)
-        callbacks.before.append(callback)
-        return callbacks
-
-    monkeypatch.setattr(run, "build_callbacks", build)

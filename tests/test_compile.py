@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_FLAGS, with_extra_callback
+from helpers import TINY_FLAGS, with_extra_callback
 from torch._dynamo.utils import counters
 
 from cifar_lit.run.train import main

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FLAGS
+from helpers import TINY_FLAGS
 from PIL import Image
 from synthetic import write_image_folder
 

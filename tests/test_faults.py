@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_FLAGS, with_extra_callback
+from helpers import TINY_FLAGS, with_extra_callback
 
 from cifar_lit.reliability import checkpoints
 from cifar_lit.reporting.evaluate import main as evaluate

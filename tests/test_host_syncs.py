@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_FLAGS, with_extra_callback
+from helpers import TINY_FLAGS, with_extra_callback
 
 from cifar_lit.bench.host_sync import HostSyncCounter
 from cifar_lit.run.train import main
