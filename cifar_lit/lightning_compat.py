@@ -27,6 +27,7 @@ __all__ = [
     "hide_unactionable_messages",
     "is_lightning_sigterm",
     "keep_own_signal_handlers",
+    "loss_scale",
     "on_last_batch_of_epoch",
     "queue_after_pending_saves",
     "saved_after_last_batch",
@@ -120,6 +121,21 @@ def is_lightning_sigterm(exception: BaseException) -> bool:
     """Whether `exception` is Lightning's own SIGTERM stop (several processes keep Lightning's handling)."""
     return isinstance(exception, SIGTERMException)
 
+
+
+# ---------------------------------------------------------------------------------------------- loss scaling
+
+
+def loss_scale(trainer: pl.Trainer) -> Any | None:
+    """The current loss scale of a 16-mixed run as a device tensor (None without loss scaling).
+
+    `trainer.precision_plugin.scaler` is Lightning's public attribute of its MixedPrecision plugin; the scale itself
+    is the GradScaler's private `_scale` tensor: its public `get_scale()` copies it to the host, a sync per step.
+    The scaler halves it on exactly the steps it skips (non-finite gradients) and doubles it after a run of good
+    steps, so comparing it across a step tells a skipped step on the device.
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return getattr(scaler, "_scale", None) if scaler is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint IO

@@ -21,6 +21,7 @@ from cifar_lit.data.augment import augment, draw_codes, input_dtype, normalize, 
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import load_split
+from cifar_lit.hardware.timing import peak_memory_mb, synchronize
 from cifar_lit.models import resnet18
 from cifar_lit.training.compile_warmup import compile_options, run_every_shape
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
@@ -117,18 +118,15 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
                                seed=config["seed"], epoch_fn=lambda: epoch_box[0])
     peak_lr = scaled_lr(config["lr"], config["batch_size"] * 1, config["lr_reference_batch_size"])  # one process
     optimizer = build_sgd(model, peak_lr, config["momentum"], config["nesterov"], config["weight_decay"],
-                          config["norm_bias_weight_decay"], config["norm_bias_lr_scale"])
+                          config["norm_bias_weight_decay"], config["norm_bias_lr_scale"], config.get("fused_sgd"))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.startswith("16"))  # loss scaling, as 16-mixed
     scheduler = build_scheduler(optimizer, config["schedule"], config["max_epochs"] * len(loader),
                                 config["warmup_fraction"], config["lr_start_factor"], config["lr_end_factor"])
     generator = torch.Generator(device=device)
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     accuracies, train_seconds, reached_seconds, reached_epoch = [], 0.0, None, None
     images_seen = 0
-    synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for epoch in range(config["max_epochs"]):
         epoch_box[0] = epoch
@@ -143,11 +141,12 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
                                    config["cutout"], dtype, channels_last)
                 loss = train_forward(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             images_seen += len(labels)
-        synchronize()
+        synchronize(device)
         train_seconds += time.perf_counter() - epoch_start
         results = evaluate(model, test_images, test_labels, scale, shift, config["eval_batch_size"], forward_context,
                            prepare, eval_forward, dtype, channels_last)
@@ -166,5 +165,5 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
         "val_acc_per_epoch": accuracies,
         "test_acc": accuracies[-1] if accuracies else None,
         "warmup_seconds": warmup_seconds,
-        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_gpu_memory_mb": peak_memory_mb(device),
     }

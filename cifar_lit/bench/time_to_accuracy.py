@@ -27,10 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cifar_lit.bench.bare_loop import bare_training_run
-from cifar_lit.hardware.plan import resolve_hardware
+from cifar_lit.hardware.plan import explicit_options, plan_hardware
 from cifar_lit.phases import PHASES
 from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 from cifar_lit.run.config import parse_config
@@ -220,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if preset.suffix not in (".yaml", ".yml"):
         preset = PROJECT_ROOT / "configs" / f"{args.preset}.yaml"
     config = parse_config(["--config", str(preset), "--data-dir", args.data_dir, *extra])
-    accelerator, _, precision = resolve_hardware(config)
-    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    hardware = plan_hardware(config, explicit_options(extra), with_memory=False)
+    device, precision = hardware.device.torch_device, hardware.precision
     log_file = Path(args.log) if args.log else None
 
     record: dict[str, Any] = {
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "gpu_busy_percent")}
             record["pil_data_path"]["epochs_note"] = "throughput run: schedule and accuracy not comparable"
     if args.bare:
-        bare_config = dict(config, seed=args.first_seed)
+        bare_config = dict(hardware.apply(config), seed=args.first_seed)
         record["bare_pytorch"] = bare_training_run(bare_config, device, precision)
         print(f"bare: {json.dumps({k: v for k, v in record['bare_pytorch'].items() if k != 'val_acc_per_epoch'})}")
 

@@ -30,6 +30,7 @@ from cifar_lit.data.sources import (
     SPLITS,
     Split,
     detect_format,
+    expected_image_counts,
     load_image_folder_split,
     load_split,
     missing_data_message,
@@ -149,6 +150,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self._augment, self._normalize = augment, normalize
 
     # ------------------------------------------------------------------------------------------------ data on disk
+
+    @staticmethod
+    def expected_device_bytes(data_dir: str, crop_padding: int) -> int:
+        """What the data set will take on the device as uint8 tensors (the training set padded for the crop), from
+        the folder's listing alone: the hardware plan needs it before any image is read."""
+        train, test = expected_image_counts(Path(data_dir).expanduser())
+        padded = IMAGE_SIZE + 2 * crop_padding
+        return train * padded * padded * 3 + test * IMAGE_SIZE * IMAGE_SIZE * 3 + (train + test) * 8
 
     @property
     def data_dir(self) -> Path:

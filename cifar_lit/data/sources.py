@@ -56,6 +56,23 @@ def detect_format(data_dir: Path) -> str | None:
     return None
 
 
+def expected_image_counts(data_dir: Path) -> tuple[int, int]:
+    """(training, test) images the data folder will yield, without reading any image: torchvision's CIFAR-10 has
+    50,000 and 10,000; an image folder is counted by listing it; a folder still to be downloaded is CIFAR-10."""
+    if detect_format(data_dir) == "image_folder":
+        counts = []
+        for split in SPLITS:
+            total = 0
+            if (data_dir / split).is_dir():
+                for folder in os.scandir(data_dir / split):
+                    if folder.is_dir() and not folder.name.startswith("."):
+                        with os.scandir(folder.path) as entries:
+                            total += sum(os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES for e in entries)
+            counts.append(total)
+        return counts[0], counts[1]
+    return (sum(1 for _ in TORCHVISION_FILES["train"]) * 10_000, len(TORCHVISION_FILES["test"]) * 10_000)
+
+
 def missing_data_message(data_dir: Path) -> str:
     """The one-paragraph error for a data folder that holds no CIFAR-10 copy."""
     where = f"{data_dir} does not exist" if not data_dir.exists() else f"No CIFAR-10 copy was found in {data_dir}"

@@ -1,4 +1,5 @@
-"""A non-finite training loss stops the run before anything poisoned is saved, found without stalling the device."""
+"""A non-finite training loss stops the run before anything poisoned is saved, found without stalling the device;
+the steps loss scaling skips (non-finite gradients in fp16, handled by the scaler) are counted, not mistaken for it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+
+from cifar_lit.lightning_compat import loss_scale
 
 
 class NonFiniteLoss(Exception):
@@ -63,3 +66,51 @@ class NonFiniteLossGuard(Callback):
             if bad_step >= 0:
                 raise NonFiniteLoss(bad_step, self._epoch_of_step.get(bad_step, 0))
             self._epoch_of_step.clear()
+
+
+class SkippedSteps(Callback):
+    """Counts the optimizer steps that 16-mixed's loss scaling skipped because the gradients overflowed in fp16.
+
+    A skipped step is the scaler doing its job (it halves the scale and tries again), not a failed run: the loss
+    itself is finite, so NonFiniteLossGuard, which looks at the loss, lets it pass. The count is kept on the device
+    (the scale is compared before and after each step) and read once per epoch; it goes to the loggers as
+    `train/skipped_steps`, into summary.json and into checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._pending: torch.Tensor | None = None
+        self._before: torch.Tensor | None = None
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        scale = loss_scale(trainer)
+        self._before = scale.detach().clone() if scale is not None else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        scale = loss_scale(trainer)
+        if scale is None or self._before is None:
+            return
+        skipped = (scale < self._before).long()
+        self._pending = skipped if self._pending is None else self._pending + skipped
+        self._before = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None:
+            return
+        self.total += int(self._pending)
+        self._pending = None
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({"train/skipped_steps": self.total}, step=trainer.global_step)
+
+    def count(self) -> int:
+        """Skipped steps so far (reads the device's count)."""
+        return self.total + (int(self._pending) if self._pending is not None else 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.count()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total = int(state_dict.get("total", 0))
+        self._pending = None

@@ -17,11 +17,17 @@ from cifar_lit.reliability.errors import ConfigError
 RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
 
 
+def next_free_version(logdir: Path) -> Path:
+    """The first version_N folder after the existing ones (not created)."""
+    taken = [int(p.name.split("_")[1]) for p in logdir.glob("version_*") if p.name.split("_")[1].isdigit()]
+    return logdir / f"version_{max(taken, default=-1) + 1}"
+
+
 def next_version_dir(logdir: Path) -> Path:
     """The first free version_N folder, created now so no other run takes it."""
     logdir.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.split("_")[1]) for p in logdir.glob("version_*") if p.name.split("_")[1].isdigit()]
-    number = max(taken, default=-1) + 1
+    candidate = next_free_version(logdir)
+    number = int(candidate.name.split("_")[1])
     while True:
         candidate = logdir / f"version_{number}"
         try:

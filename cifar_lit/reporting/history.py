@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
+from cifar_lit.hardware.timing import Stopwatch
 from cifar_lit.phases import phase
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
@@ -35,28 +35,6 @@ def read_history_csv(path: Path) -> list[dict[str, float]]:
         ]
 
 
-class Stopwatch:
-    """Marks moments on the host and, on a GPU, in the device's stream (CUDA events), so an interval covers the
-    device's work without stalling it: only reading an interval waits, and only for its end mark."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.on_cuda = device.type == "cuda"
-
-    def mark(self) -> tuple[float, Any]:
-        event = None
-        if self.on_cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-        return time.perf_counter(), event
-
-    @staticmethod
-    def seconds(start: tuple[float, Any], end: tuple[float, Any]) -> float:
-        if start[1] is not None and end[1] is not None:
-            end[1].synchronize()
-            return start[1].elapsed_time(end[1]) / 1000.0
-        return end[0] - start[0]
-
-
 class EpochHistory(RunFolderCallback):
     """Records accuracy, loss, learning rate, epoch time and images/s after every training epoch.
 
@@ -66,9 +44,9 @@ class EpochHistory(RunFolderCallback):
     when fitting ends.
 
     Times: `train_seconds` of an epoch runs from its start to the start of its validation, `epoch_seconds` to its
-    end; on a GPU they come from CUDA events, read once the epoch's validation has drained the device. A checkpoint
-    taken mid-epoch carries the seconds and images of the epoch so far, so the epoch a resumed run finishes reports
-    the time of both processes, never the gap between them.
+    end; on a GPU they come from CUDA (or MPS) events, read once the epoch's validation has drained the device. A
+    checkpoint taken mid-epoch carries the seconds and images of the epoch so far, so the epoch a resumed run
+    finishes reports the time of both processes, never the gap between them.
     """
 
     def __init__(self, run_dir: Path | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import shlex
 import subprocess
@@ -12,15 +11,19 @@ from typing import Any
 
 import torch
 
+from cifar_lit.hardware import devices
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: cifar_lit/reporting/provenance.py
 
 
 def device_description(device: torch.device | str | None = None) -> str:
-    """'NVIDIA H100 80GB HBM3' for a CUDA device, else the CPU with its core count."""
+    """'NVIDIA H100 80GB HBM3' for a CUDA (or ROCm) device, 'Apple M2 GPU (MPS)', else the CPU with its cores."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    if device is not None and device.type == "mps":
+        return f"{devices.apple_chip()} GPU (MPS)"
+    return devices.cpu_name()
 
 
 def versions() -> dict[str, Any]:

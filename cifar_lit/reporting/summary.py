@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from cifar_lit.hardware.plan import HardwarePlan
+from cifar_lit.hardware.timing import peak_memory_mb
 from cifar_lit.phases import PhaseClock, phase
 from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reliability.non_finite import SkippedSteps
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.provenance import device_description, versions
@@ -40,10 +42,11 @@ class RunSummary(RunFolderCallback):
 
     def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
                  stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory, warmup: CompileWarmup,
-                 run_dir: Path | None = None) -> None:
+                 skipped: SkippedSteps, hardware: HardwarePlan, run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
         self.config, self.command, self.commit, self.clock = config, command, commit, clock
         self.timer, self.stop, self.best, self.history, self.warmup = timer, stop, best, history, warmup
+        self.skipped, self.hardware = skipped, hardware
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
 
@@ -65,9 +68,10 @@ class RunSummary(RunFolderCallback):
             "train_seconds": self.timer.time_elapsed("train"),
             "warmup_seconds": self.warmup.seconds,
             "compile_cache": self.warmup.cache,
+            "skipped_steps": self.skipped.count(),
             "val_acc_per_epoch": [row.get("val_acc") for row in self.history.rows],
             "images_per_second": self.history.steady_images_per_second(),
-            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "peak_gpu_memory_mb": peak_memory_mb(device),
             "train_started_at": self.history.train_started_at,
             "train_ended_at": self.history.train_ended_at,
             "best_checkpoint": self.best.best_model_path or None,
@@ -94,6 +98,7 @@ class RunSummary(RunFolderCallback):
             "device": device_description(trainer.strategy.root_device),
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
+            "hardware_plan": self.hardware.as_dict(),
             "versions": versions(),
             "git_commit": self.commit,
             "command": self.command,

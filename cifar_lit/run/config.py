@@ -21,6 +21,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.hardware.plan import PLAN_DECIDES
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.option_types import (
@@ -44,8 +45,8 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("num_nodes", PositiveInt, 1, "machines to train on (DDP)"),
     ("strategy", str, "auto", "Lightning strategy, e.g. ddp (auto: ddp when there are several devices)"),
     ("sync_batchnorm", bool, False, "with several devices, compute batch-norm statistics over the global batch"),
-    ("precision", Optional[Precision], None, "numeric precision; default bf16-mixed on a GPU that supports it, else "
-                                             "32-true"),
+    ("precision", Optional[Precision], None, "numeric precision (default: the hardware plan decides: bf16-mixed where "
+                                             "bf16 is native, 16-mixed on older GPUs, 32-true on the CPU)"),
     ("max_epochs", PositiveInt, 10, "epochs at most; training stops earlier when --target-acc is reached"),
     ("limit_train_batches", Optional[PositiveInt], None,
      "train on at most this many batches per epoch (quick checks)"),
@@ -53,6 +54,8 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("seed", int, 0, "seed for weights, data order and augmentation"),
     ("resume", Optional[str], None, "checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir"),
     ("fast_dev_run", bool, False, "run one batch of training, validation and test, write nothing, then stop"),
+    ("dry_run", bool, False, "print the hardware plan (device, precision, compile, data placement, memory) and the "
+                             "run folder, then exit without reading data, compiling or writing anything"),
     ("logdir", str, "lightning_logs", "folder of the runs (version_N/ with TensorBoard logs and checkpoints)"),
     ("deterministic", bool, False, "use deterministic algorithms (bit-identical reruns; slower on GPUs)"),
     ("ckpt_every_n_epochs", NonNegativeInt, 1,
@@ -93,11 +96,22 @@ def _class_options(cls: type) -> list[tuple[str, Any, Any, str]]:
 
 
 def all_options() -> list[tuple[str, Any, Any, str]]:
-    """Every configurable key once: run options first, then model and data options (shared names merged)."""
+    """Every configurable key once: run options first, then model and data options (shared names merged). The
+    options the hardware plan decides default to None here (the classes keep their own defaults for library use)."""
     seen: dict[str, tuple[str, Any, Any, str]] = {}
     for option in list(RUN_OPTIONS) + [o for cls in CONFIGURED_CLASSES for o in _class_options(cls)]:
         seen.setdefault(option[0], option)
+    for name in PLAN_DECIDES:
+        key, annotation, _, help_text = seen[name]
+        if "hardware plan" not in help_text:
+            help_text = f"{help_text.rstrip('.')} (default: the hardware plan decides, see --dry-run)"
+        seen[name] = (key, Optional[annotation], None, help_text)
     return list(seen.values())
+
+
+def is_switch(annotation: Any) -> bool:
+    """A yes/no flag (`--x` / `--no-x`): bool, or an optional bool whose None leaves the choice to the plan."""
+    return annotation is bool or annotation == Optional[bool]
 
 
 def build_parser() -> ArgumentParser:
@@ -110,9 +124,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/default.yaml)")
     for name, annotation, default, help_text in all_options():
         allowed = allowed_values(annotation)
-        if allowed and annotation is not bool:
+        if allowed and not is_switch(annotation):
             help_text = f"{help_text.rstrip('.')}; allowed: {allowed}"
-        if annotation is bool:
+        if is_switch(annotation):
             parser.add_argument(flag(name), action=ActionYesNo(no_prefix="no-"), nargs="?", default=default,
                                 help=help_text)
         else:

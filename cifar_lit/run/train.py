@@ -21,7 +21,8 @@ import torch
 
 from cifar_lit import phases
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.hardware.plan import resolve_hardware
+from cifar_lit.hardware.memory import out_of_memory_as_error
+from cifar_lit.hardware.plan import HardwarePlan, explicit_options, plan_hardware
 from cifar_lit.lightning_compat import (
     epochs_completed,
     hide_unactionable_messages,
@@ -33,7 +34,14 @@ from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.reliability.disk import bytes_needed, check_free_space, out_of_space_as_error
 from cifar_lit.reliability.errors import UserError
 from cifar_lit.reliability.non_finite import NonFiniteLoss
-from cifar_lit.reliability.run_folder import RUN_DIR_ENV, check_writable, choose_run_dir, remove_if_unused
+from cifar_lit.reliability.run_folder import (
+    RUN_DIR_ENV,
+    check_writable,
+    choose_run_dir,
+    launched_as_several_processes,
+    next_free_version,
+    remove_if_unused,
+)
 from cifar_lit.reliability.signals import Interrupted, SignalGuard, StopRequested
 from cifar_lit.reporting.provenance import command_line, git_commit
 from cifar_lit.reporting.summary import closing_line
@@ -60,31 +68,43 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
         log.info("Resuming from %s%s", plan.checkpoint_path,
                  ": training is complete, so only the test runs and the summary is written" if plan.test_only else "")
 
+    data_bytes = CIFAR10DataModule.expected_device_bytes(config["data_dir"], config["crop_padding"])
+    # Refuses what this machine cannot give (a missing GPU, a torch without kernels for it, --compile where Inductor
+    # cannot work) before any download or run folder.
+    hardware = plan_hardware(config, explicit_options(list(argv)), data_bytes)
+    if config["dry_run"]:
+        print(dry_run_report(hardware, config, plan.run_dir if plan else None))
+        return 0
+    if is_first_process():
+        for line in hardware.lines():
+            log.info(line)
+    planned = hardware.apply(config)
+
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, config))
-    resolve_hardware(config)  # refuses --gpus N without N GPUs before any download or run folder
+    datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, planned))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
     datamodule.setup("fit")
-    model = CIFARClassifier(**class_kwargs(CIFARClassifier, config))
+    model = CIFARClassifier(**class_kwargs(CIFARClassifier, planned))
 
     if not config["fast_dev_run"]:
         needed = bytes_needed(model, config["best_weights_only"], bool(config["ema_decay"]))
         check_free_space(Path(config["logdir"]), needed)
-    if config["compile"]:
+    if planned["compile"]:
         check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
-    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals)
+    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals, hardware)
     previous_env = os.environ.get(RUN_DIR_ENV)
     try:
-        trainer = build_trainer(config, callbacks, run_dir)
+        trainer = build_trainer(planned, hardware, callbacks, run_dir)
         if trainer.world_size == 1:
             keep_own_signal_handlers(trainer, signals.install)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
-        caching = compile_cache(config["compile_cache"]) if config["compile"] else contextlib.nullcontext()
-        with caching, out_of_space_as_error(run_dir or config["logdir"]):
-            return fit_and_test(trainer, model, datamodule, callbacks, config, plan, signals)
+        caching = compile_cache(config["compile_cache"]) if planned["compile"] else contextlib.nullcontext()
+        out_of_memory = out_of_memory_as_error(hardware.device, hardware.memory, planned)
+        with caching, out_of_space_as_error(run_dir or config["logdir"]), out_of_memory:
+            return fit_and_test(trainer, model, datamodule, callbacks, planned, plan, signals)
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
             stop.run_dir = callbacks.graceful.run_dir if callbacks.graceful else run_dir
@@ -137,6 +157,26 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR1
     if summary.summary is not None:
         print(closing_line(summary.summary))
     return 0
+
+
+def is_first_process() -> bool:
+    """Rank zero of the first machine (or the only process): the one that logs the plan."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0" and \
+        os.environ.get("RANK", "0") == "0"
+
+
+def dry_run_report(hardware: HardwarePlan, config: dict[str, Any], resumed_run_dir: Path | None) -> str:
+    """What `--dry-run` prints: the hardware plan and the run folder, with nothing read, compiled or written."""
+    if config["fast_dev_run"]:
+        folder = "none (--fast-dev-run writes nothing)"
+    elif resumed_run_dir is not None:
+        folder = f"{resumed_run_dir} (the resumed run's)"
+    elif launched_as_several_processes():
+        folder = f"the next version_N under {config['logdir']}, chosen by rank zero at start"
+    else:
+        folder = f"{next_free_version(Path(config['logdir']))} (not created now)"
+    return "\n".join(["Dry run: nothing was read, downloaded, compiled or written.", *hardware.lines(),
+                      f"Run folder: {folder}"])
 
 
 def non_finite_loss(bad: NonFiniteLoss, run_dir: Path | None) -> int:

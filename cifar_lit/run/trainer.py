@@ -7,17 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.hardware.plan import resolve_hardware
+from cifar_lit.hardware.plan import HardwarePlan
 from cifar_lit.phases import PhaseClock, PhaseTimer
 from cifar_lit.reliability.checkpoint_callbacks import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
-from cifar_lit.reliability.non_finite import NonFiniteLossGuard
+from cifar_lit.reliability.non_finite import NonFiniteLossGuard, SkippedSteps
 from cifar_lit.reliability.signals import GracefulStop, SignalGuard
 from cifar_lit.reporting.figures import ConfusionFigures
 from cifar_lit.reporting.grids import PredictionGrids
@@ -41,6 +43,7 @@ class RunCallbacks:
     stop: StopAtTarget
     guard: NonFiniteLossGuard
     cadence: LogEveryEpoch
+    skipped: SkippedSteps = field(default_factory=SkippedSteps)
     progress: LossProgressBar | None = None
     ema: WeightAveraging | None = None
     record: ConfigRecord | None = None
@@ -64,7 +67,8 @@ class RunCallbacks:
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
-                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard) -> RunCallbacks:
+                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
+                    hardware: HardwarePlan) -> RunCallbacks:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -103,20 +107,33 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.summary = RunSummary(config, command, commit, clock, timer, callbacks.stop, callbacks.best,
-                                   callbacks.history, callbacks.warmup, run_dir)
+                                   callbacks.history, callbacks.warmup, callbacks.skipped, hardware, run_dir)
     return callbacks
 
 
-def build_trainer(config: dict[str, Any], callbacks: RunCallbacks, run_dir: Path | None) -> pl.Trainer:
-    accelerator, devices, precision = resolve_hardware(config)
+def loss_scaler(device_type: str) -> torch.amp.GradScaler:
+    """The GradScaler of a 16-mixed run (torch's defaults: initial scale 2**16, halved on a skipped step)."""
+    return torch.amp.GradScaler(device_type)
+
+
+def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: RunCallbacks,
+                  run_dir: Path | None) -> pl.Trainer:
+    """`config` as the hardware plan resolved it (`HardwarePlan.apply`)."""
     logger: Any = False
     if not config["fast_dev_run"]:
         save_dir = run_dir.parent if run_dir is not None else Path(config["logdir"])
         logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
                                    default_hp_metric=False)
+    plugins: list[Any] = [OrderedAsyncCheckpointIO(AtomicCheckpointIO())]
+    precision: str | None = hardware.precision
+    if precision == "16-mixed":
+        # Lightning's own 16-mixed is refused on the CPU (it swaps in bf16); built here, the fp16 path with loss
+        # scaling is the same on every device, and the tests run it on the CPU.
+        plugins.append(MixedPrecision("16-mixed", hardware.accelerator, scaler=loss_scaler(hardware.accelerator)))
+        precision = None
     return pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
         num_nodes=config["num_nodes"],
         strategy=config["strategy"],
         precision=precision,
@@ -136,6 +153,6 @@ def build_trainer(config: dict[str, Any], callbacks: RunCallbacks, run_dir: Path
         inference_mode=False,
         num_sanity_val_steps=config["sanity_val_steps"],
         fast_dev_run=config["fast_dev_run"],
-        plugins=[OrderedAsyncCheckpointIO(AtomicCheckpointIO())],
+        plugins=plugins,
         default_root_dir=config["logdir"],
     )

@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
+from cifar_lit.hardware.timing import synchronize
 from cifar_lit.phases import phase
 from cifar_lit.training.compile_cache import cache_counts, cache_report
 
@@ -49,8 +50,7 @@ def run_every_shape(model: nn.Module, train_step: Callable[[int], torch.Tensor],
             eval_step(size)
     model.train(was_training)
     model.load_state_dict(saved)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

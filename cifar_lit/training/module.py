@@ -50,6 +50,7 @@ class CIFARClassifier(pl.LightningModule):
         lr_end_factor: LR at the last step, as a fraction of the peak.
         flip_tta: also evaluate on mirrored images and report that accuracy as `val/acc_tta`, `test/acc_tta`.
         channels_last: keep weights NHWC-strided (faster convolutions on tensor cores).
+        fused_sgd: one fused kernel for the SGD update (null: on CUDA devices), else foreach.
         compile: compile each step with torch.compile: network, loss and the step's metric sums as one graph.
         compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
             "max-autotune-no-cudagraphs".
@@ -76,6 +77,7 @@ class CIFARClassifier(pl.LightningModule):
         lr_end_factor: ClosedUnitInterval = 0.0,
         flip_tta: bool = False,
         channels_last: bool = True,
+        fused_sgd: bool | None = None,
         compile: bool = False,
         compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         compile_warmup: bool = True,
@@ -208,6 +210,7 @@ class CIFARClassifier(pl.LightningModule):
             weight_decay=hp.weight_decay,
             norm_bias_weight_decay=hp.norm_bias_weight_decay,
             norm_bias_lr_scale=hp.norm_bias_lr_scale,
+            fused=hp.get("fused_sgd"),
         )
         total_steps = self.total_training_steps()
         scheduler = build_scheduler(

@@ -45,22 +45,35 @@ def build_sgd(
     weight_decay: float,
     norm_bias_weight_decay: float = 0.0,
     norm_bias_lr_scale: float = 1.0,
+    fused: bool | None = None,
 ) -> torch.optim.SGD:
-    """SGD with two groups: conv/linear weights with `weight_decay`; BN and biases with their own decay and LR."""
+    """SGD with two groups: conv/linear weights with `weight_decay`; BN and biases with their own decay and LR.
+
+    `fused`: one kernel for the whole update (None: when every parameter is on a CUDA device), else foreach. The
+    momentum buffers start as zeros, which gives the same first step as SGD's own start (the buffer becomes the
+    gradient) and keeps them defined when loss scaling skips the first step: fused SGD would otherwise leave them
+    uninitialised (`torch.empty_like`) and treat that memory as momentum from the second step on.
+    """
     decay, no_decay = split_decay_groups(model)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "lr": lr},
         {"params": no_decay, "weight_decay": norm_bias_weight_decay, "lr": lr * norm_bias_lr_scale},
     ]
-    on_cuda = all(p.is_cuda for p in model.parameters())
-    return torch.optim.SGD(
+    if fused is None:
+        fused = all(p.is_cuda for p in model.parameters())
+    optimizer = torch.optim.SGD(
         groups,
         lr=lr,
         momentum=momentum,
         nesterov=nesterov and momentum > 0,
-        fused=on_cuda or None,
-        foreach=None if on_cuda else True,
+        fused=fused or None,
+        foreach=None if fused else True,
     )
+    if momentum > 0:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
 
 
 def lr_factor(

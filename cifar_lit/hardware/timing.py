@@ -1,0 +1,63 @@
+"""Waiting for and timing a device's queue, and its memory high-water mark: CUDA (and ROCm) and MPS alike.
+
+Host clocks alone would time an accelerator's work only up to when it was queued; these helpers mark moments in
+the device's own stream (CUDA or MPS events) and read an interval only once its end has been reached.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+def on_accelerator(device: torch.device) -> bool:
+    return device.type in ("cuda", "mps")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until everything queued on `device` has run (nothing on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _event(device: torch.device) -> Any:
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+    elif device.type == "mps":
+        event = torch.mps.Event(enable_timing=True)
+    else:
+        return None
+    event.record()
+    return event
+
+
+class Stopwatch:
+    """Marks moments on the host and, on CUDA or MPS, in the device's stream (events), so an interval covers the
+    device's work without stalling it: only reading an interval waits, and only for its end mark."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def mark(self) -> tuple[float, Any]:
+        return time.perf_counter(), _event(self.device)
+
+    @staticmethod
+    def seconds(start: tuple[float, Any], end: tuple[float, Any]) -> float:
+        if start[1] is not None and end[1] is not None:
+            end[1].synchronize()
+            return start[1].elapsed_time(end[1]) / 1000.0
+        return end[0] - start[0]
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The device's memory high-water mark for this process in MB: CUDA's peak allocation; on MPS the memory
+    Metal's driver holds for the process (its pool only grows, so it bounds the peak); None on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    return None
