@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import TINY_FLAGS
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.hardware import devices, plan, timing
 from cifar_lit.hardware.memory import network_sizes
 from cifar_lit.reporting.provenance import device_description
+from cifar_lit.run import trainer as trainer_module
 from cifar_lit.run.config import parse_config
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
@@ -340,3 +342,20 @@ def test_mps_timings_and_memory_come_from_the_device(monkeypatch):
     assert synced == [True]
     monkeypatch.setattr(devices, "apple_chip", lambda: "Apple M2")
     assert device_description("mps") == "Apple M2 GPU (MPS)"
+
+
+@pytest.mark.slow
+def test_fp16_overflows_are_skipped_counted_and_not_taken_for_a_failed_run(image_folder, tmp_path, monkeypatch):
+    """16-mixed on the CPU (the same Lightning path as on a T4) with a loss scale so large that the first steps'
+    gradients overflow in fp16: the scaler skips them and the run trains on."""
+    monkeypatch.setattr(trainer_module, "loss_scaler", lambda device: torch.amp.GradScaler(device, init_scale=2.0**26))
+    logdir = tmp_path / "logs"
+    assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--precision", "16-mixed",
+                 "--width", "2", "--max-epochs", "2", "--target-acc", "1.0"]) == 0  # width 2: fp16 backward is slow
+    run_dir = next(logdir.glob("version_*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == "16-mixed" and summary["hardware_plan"]["fused_sgd"] is True
+    assert 3 <= summary["skipped_steps"] < 20, "2**26 needs several halvings before fp16 gradients fit"
+    assert summary["global_steps"] == 20 and summary["test_acc"] is not None
+    scalars = EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
+    assert "train/skipped_steps" in scalars

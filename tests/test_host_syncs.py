@@ -44,8 +44,9 @@ def count_between_steps(monkeypatch, folder, tmp_path, *flags: str) -> HostSyncC
     return counting.counted
 
 
-@pytest.mark.parametrize("flags", [[], ["--progress-bar"], ["--cutout", "8", "--flip-tta"]],
-                         ids=["fast-path", "with-progress-bar", "cutout-and-tta"])
+@pytest.mark.parametrize("flags", [[], ["--progress-bar"], ["--cutout", "8", "--flip-tta"],
+                                   ["--precision", "16-mixed", "--width", "2"]],  # fp16 backward is slow on a CPU
+                         ids=["fast-path", "with-progress-bar", "cutout-and-tta", "fp16-loss-scaling"])
 def test_no_host_conversion_between_two_training_steps(image_folder, tmp_path, monkeypatch, flags):
     counted = count_between_steps(monkeypatch, image_folder, tmp_path, *flags)
     assert counted.total == 0, dict(counted.by_site)

@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -258,3 +259,17 @@ def test_unactionable_messages_are_hidden_and_still_exist(tmp_path, caplog, recw
     warnings.warn("Checkpoint directory /x exists and is not empty.", UserWarning, stacklevel=1)
     warnings.warn("something a user can act on", UserWarning, stacklevel=1)
     assert [str(w.message) for w in recwarn] == ["something a user can act on"]
+
+
+def test_loss_scale_is_the_scalers_device_tensor_and_halves_on_a_skipped_step():
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler.scale((weight * float("inf")).sum()).backward()
+    scale = compat.loss_scale(trainer)
+    assert isinstance(scale, torch.Tensor) and float(scale) == 1024.0
+    scaler.step(optimizer)
+    scaler.update()
+    assert float(compat.loss_scale(trainer)) == 512.0 == scaler.get_scale()
+    assert compat.loss_scale(SimpleNamespace(precision_plugin=SimpleNamespace())) is None  # bf16, fp32: no scaler
