@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifar_lit.data.sources import SPLITS, load_image_folder_split
+from cifar_lit.data.image_folder import load_image_folder_split
+from cifar_lit.data.split import SPLITS
 from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 
 

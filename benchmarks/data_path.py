@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
 from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 from cifar_lit.training.compile_warmup import compile_options
@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    module = CIFAR10DataModule(data_dir=args.data_dir, download=False, batch_size=args.batch_size)
+    module = ImageDataModule(data_dir=args.data_dir, download=False, batch_size=args.batch_size)
     module.setup("fit")
     train = module.splits["train"]
     padded = pad(torch.from_numpy(np.ascontiguousarray(train.images)).to(device), PADDING)

@@ -66,3 +66,44 @@ def _dump(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
     with open(path, "wb") as handle:
         pickle.dump({"data": data, "labels": labels.tolist()}, handle)
+
+
+def write_cifar100(root: Path, train_per_class: int = 3, test_per_class: int = 1, seed: int = 0) -> Path:
+    """root/cifar-100-python/{train,test,meta} in torchvision's CIFAR-100 pickle format: 100 fine classes, each
+    its own colour, five to a coarse superclass. The files cannot match the published MD5 sums."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(0, 255, size=(100, 3)).astype(np.float32)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        fine = np.repeat(np.arange(100), per_class)
+        images = np.clip(colours[fine][:, None, None, :] + rng.normal(0, 10, (len(fine), 32, 32, 3)), 0, 255)
+        data = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(fine), -1)
+        with open(folder / split, "wb") as handle:
+            pickle.dump({"data": data, "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
+                         "filenames": [f"{i}.png".encode() for i in range(len(fine))]}, handle)
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump({"fine_label_names": [f"fine_{i:02d}" for i in range(100)],
+                     "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)]}, handle)
+    return root
+
+
+THREE_CLASSES = {"lichen": (40, 160, 60), "rust": (200, 80, 30), "slate": (70, 90, 200)}
+
+
+def write_own_folder(root: Path, train_per_class: int = 20, test_per_class: int = 6, seed: int = 0) -> Path:
+    """A 3-class image folder with names that are not CIFAR-10's; some images are 48x40 pixels, some grayscale
+    (their class is then told by brightness), the rest 32x32 RGB."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for name, colour in THREE_CLASSES.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(per_class):
+                size = (40, 48) if index % 4 == 1 else (32, 32)
+                pixels = np.clip(np.array(colour, dtype=np.float32) + rng.normal(0, 20, (*size, 3)), 0, 255)
+                image = Image.fromarray(pixels.astype(np.uint8))
+                if index % 4 == 2:
+                    image = image.convert("L")
+                image.save(folder / f"{index:03d}.png")
+    return root

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from synthetic import make_images
 
-from cifar_lit.data import sources
+from cifar_lit.data import image_folder as image_folder_module
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
-from cifar_lit.data.datamodule import CIFAR10DataModule
-from cifar_lit.data.sources import load_image_folder_split, load_split, load_torchvision_split
+from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.image_folder import load_image_folder_split
+from cifar_lit.data.sources import load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.reliability.errors import DataError
 
@@ -28,7 +29,7 @@ def test_decoded_folder_is_cached_and_reused(image_folder, monkeypatch):
     first = load_image_folder_split(image_folder, "test")
     cache = image_folder / ".cifar_lit_cache" / "test.npz"
     assert cache.is_file()
-    monkeypatch.setattr(sources, "decode_image_folder", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_folder_module, "decode_image_folder", lambda *a, **k: pytest.fail("decoded again"))
     second = load_image_folder_split(image_folder, "test")
     assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
 
@@ -98,8 +99,8 @@ def test_missing_batch_file_is_named(batches_folder):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda root: __import__("shutil").rmtree(root / "train" / "frog"), r"lacks the class folder\(s\) frog"),
-        (lambda root: (root / "test" / "unicorn").mkdir(), "not CIFAR-10 classes: unicorn"),
+        (lambda root: __import__("shutil").rmtree(root / "train" / "frog"), r"test has frog and .*train does not"),
+        (lambda root: (root / "test" / "unicorn").mkdir(), r"test has unicorn and .*train does not"),
         (lambda root: [p.unlink() for p in (root / "test" / "ship").iterdir()], r"ship holds no images"),
         (lambda root: __import__("shutil").rmtree(root / "test"), "has no 'test' folder"),
     ],
@@ -108,7 +109,17 @@ def test_missing_batch_file_is_named(batches_folder):
 def test_wrong_layout_is_explained(image_folder, damage, message):
     damage(image_folder)
     with pytest.raises(DataError, match=message):
-        CIFAR10DataModule(data_dir=str(image_folder), download=False).prepare_data()
+        ImageDataModule(data_dir=str(image_folder), download=False).prepare_data()
+
+
+def test_cifar10_asked_for_by_name_refuses_a_folder_of_other_classes(image_folder):
+    for split in ("train", "test"):
+        (image_folder / split / "frog").rename(image_folder / split / "toad")
+    with pytest.raises(DataError, match="--dataset cifar10 needs one class folder per CIFAR-10 class.*toad"):
+        ImageDataModule(data_dir=str(image_folder), dataset="cifar10", download=False).prepare_data()
+    module = ImageDataModule(data_dir=str(image_folder), download=False)  # auto: a folder with its own classes
+    module.prepare_data()
+    assert "toad" in module.class_names and module.dataset.kind == "folder"
 
 
 def test_truncated_image_is_named(image_folder):
@@ -128,13 +139,13 @@ def test_not_an_image_is_named(image_folder):
 def test_wrong_image_size_is_named(image_folder):
     victim = image_folder / "test" / "bird" / "big.png"
     Image.fromarray(np.zeros((64, 48, 3), dtype=np.uint8)).save(victim)
-    with pytest.raises(DataError, match=r"big.png is 48x64 pixels; CIFAR-10 images are 32x32"):
+    with pytest.raises(DataError, match=r"big.png is 48x64 pixels; images must be 32x32. Pass --resize"):
         load_image_folder_split(image_folder, "test")
 
 
 def test_missing_dataset_without_download_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"No CIFAR-10 copy was found in .*--download.*--data-dir"):
-        CIFAR10DataModule(data_dir=str(tmp_path), download=False).prepare_data()
+        ImageDataModule(data_dir=str(tmp_path), download=False).prepare_data()
 
 
 def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
@@ -142,13 +153,13 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DataError, match=r"Downloading CIFAR-10 into .* failed.*--no-download"):
-        CIFAR10DataModule(data_dir=str(tmp_path / "new"), download=True).prepare_data()
+        ImageDataModule(data_dir=str(tmp_path / "new"), download=True).prepare_data()
     assert not (tmp_path / "new").exists(), "a failed download leaves no folder that the next run could mistake"
     kept = tmp_path / "existing"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(DataError):
-        CIFAR10DataModule(data_dir=str(kept), download=True).prepare_data()
+        ImageDataModule(data_dir=str(kept), download=True).prepare_data()
     assert [path.name for path in kept.iterdir()] == ["notes.txt"], "only what the download added is removed"
 
 
@@ -162,21 +173,21 @@ def test_channel_stats_of_known_images():
 
 
 def test_computed_normalization_is_used_and_checkpointed(image_folder):
-    module = CIFAR10DataModule(data_dir=str(image_folder), normalization="computed")
+    module = ImageDataModule(data_dir=str(image_folder), normalization="computed")
     module.setup("fit")
     assert module.mean != CIFAR10_MEAN
     np.testing.assert_allclose(module.mean, channel_stats(module.splits["train"].images)[0])
-    restored = CIFAR10DataModule(data_dir=str(image_folder))
+    restored = ImageDataModule(data_dir=str(image_folder))
     restored.load_state_dict(module.state_dict())
     assert restored.mean == pytest.approx(module.mean) and restored.std == pytest.approx(module.std)
-    assert CIFAR10DataModule().std == CIFAR10_STD
+    assert ImageDataModule().std == CIFAR10_STD
 
 
 def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
-    default = CIFAR10DataModule(data_dir=str(image_folder))
+    default = ImageDataModule(data_dir=str(image_folder))
     default.setup("fit")
     assert default.splits["val"] is default.splits["test"]
-    held = [CIFAR10DataModule(data_dir=str(image_folder), val_split=50, seed=s) for s in (1, 1, 2)]
+    held = [ImageDataModule(data_dir=str(image_folder), val_split=50, seed=s) for s in (1, 1, 2)]
     for module in held:
         module.setup("fit")
     assert len(held[0].splits["val"]) == 50 and len(held[0].splits["train"]) == 250
@@ -185,7 +196,7 @@ def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
 
 
 def test_tensor_path_yields_uint8_nhwc_and_transfers_to_normalized_channels_last(image_folder):
-    module = CIFAR10DataModule(data_dir=str(image_folder), batch_size=16, eval_batch_size=64)
+    module = ImageDataModule(data_dir=str(image_folder), batch_size=16, eval_batch_size=64)
     module.setup("fit")
     images, labels = next(iter(module.val_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (64, 32, 32, 3) and labels.dtype == torch.int64
@@ -198,7 +209,7 @@ def test_tensor_path_yields_uint8_nhwc_and_transfers_to_normalized_channels_last
 
 
 def test_training_images_are_stored_padded_once_and_batches_come_out_cropped(image_folder):
-    module = CIFAR10DataModule(data_dir=str(image_folder), batch_size=16, crop_padding=4)
+    module = ImageDataModule(data_dir=str(image_folder), batch_size=16, crop_padding=4)
     module.setup("fit")
     images, _ = next(iter(module.train_dataloader()))
     assert images.shape == (16, 40, 40, 3)
@@ -209,7 +220,7 @@ def test_training_images_are_stored_padded_once_and_batches_come_out_cropped(ima
 
 def test_pil_path_batches_match_the_tensor_path_without_augmentation(image_folder):
     options = dict(data_dir=str(image_folder), eval_batch_size=40, num_workers=0)
-    tensor_dm, pil_dm = CIFAR10DataModule(**options), CIFAR10DataModule(data_path="pil", **options)
+    tensor_dm, pil_dm = ImageDataModule(**options), ImageDataModule(data_path="pil", **options)
     for module in (tensor_dm, pil_dm):
         module.setup("fit")
     tensor_images, tensor_labels = tensor_dm.on_after_batch_transfer(next(iter(tensor_dm.test_dataloader())), 0)
@@ -238,15 +249,16 @@ def _finished_pid() -> int:
 
 def test_the_image_folder_is_listed_and_checked_once_per_process(image_folder, monkeypatch):
     listed = []
-    real_list = sources.list_image_folder
-    monkeypatch.setattr(sources, "list_image_folder", lambda *args: listed.append(args[1]) or real_list(*args))
-    module = CIFAR10DataModule(data_dir=str(image_folder))
+    real_list = image_folder_module.list_image_folder
+    monkeypatch.setattr(image_folder_module, "list_image_folder",
+                        lambda *args: listed.append(args[1]) or real_list(*args))
+    module = ImageDataModule(data_dir=str(image_folder))
     module.prepare_data()
     module.setup("fit")
     module.prepare_data()  # Lightning calls it again inside fit
     module.setup("fit")
     assert sorted(listed) == ["test", "train"]  # once per split: decoded, cached and kept for setup
     listed.clear()
-    other_rank = CIFAR10DataModule(data_dir=str(image_folder))
+    other_rank = ImageDataModule(data_dir=str(image_folder))
     other_rank.setup("fit")  # a process that did not prepare loads the splits itself
     assert sorted(listed) == ["test", "train"] and len(other_rank.splits["train"]) == 300

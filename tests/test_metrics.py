@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.augment import scale_and_shift
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.reporting.inference import TrainedModel, evaluate_images
 from cifar_lit.training.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
 from cifar_lit.training.module import CIFARClassifier
@@ -71,7 +71,7 @@ def test_running_means_of_training_sums_weight_by_batch_size():
 def test_trainer_evaluate_py_and_bare_loop_report_the_same_evaluation(image_folder, flip_tta):
     torch.manual_seed(0)
     module = CIFARClassifier(width=8, flip_tta=flip_tta, channels_last=False)
-    datamodule = CIFAR10DataModule(data_dir=str(image_folder), eval_batch_size=32, channels_last=False)
+    datamodule = ImageDataModule(data_dir=str(image_folder), eval_batch_size=32, channels_last=False)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
@@ -55,7 +55,7 @@ def test_schedules_warm_up_peak_and_anneal(kind):
 
 def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder):
     model = CIFARClassifier(lr=0.1, schedule="linear", warmup_fraction=0.0)
-    datamodule = CIFAR10DataModule(data_dir=str(image_folder), batch_size=30)
+    datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=30)
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
@@ -67,7 +67,7 @@ def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder)
 
 @pytest.mark.parametrize("batch_size, limit", [(30, None), (32, None), (30, 4), (30, 0.5)])
 def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, limit):
-    datamodule = CIFAR10DataModule(data_dir=str(image_folder), batch_size=batch_size)
+    datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=batch_size)
     model = CIFARClassifier()
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=limit, limit_val_batches=0, accelerator="cpu",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -106,4 +106,4 @@ def test_schedule_rebuilt_over_a_longer_run_keeps_the_step():
 def test_one_batch_size_flag_sets_the_loaders_and_the_lr_scaling():
     config = parse_config(["--batch-size", "512"])
     assert class_kwargs(CIFARClassifier, config)["batch_size"] == 512
-    assert class_kwargs(CIFAR10DataModule, config)["batch_size"] == 512
+    assert class_kwargs(ImageDataModule, config)["batch_size"] == 512

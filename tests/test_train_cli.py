@@ -174,7 +174,7 @@ def test_data_folder_with_a_missing_class(tiny_flags, image_folder, tmp_path, ca
     import shutil
 
     shutil.rmtree(image_folder / "test" / "truck")
-    expect_clean_error(tiny_flags, capsys, tmp_path / "logs", "lacks the class folder(s) truck")
+    expect_clean_error(tiny_flags, capsys, tmp_path / "logs", "train has truck and", "test does not")
 
 
 def test_unreadable_image(tiny_flags, image_folder, tmp_path, capsys):

@@ -20,7 +20,8 @@ from torch import nn
 from cifar_lit.data.augment import augment, draw_codes, input_dtype, normalize, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
-from cifar_lit.data.sources import load_split
+from cifar_lit.data.sources import open_dataset
+from cifar_lit.data.stats import channel_stats
 from cifar_lit.hardware.timing import peak_memory_mb, synchronize
 from cifar_lit.models import resnet18
 from cifar_lit.training.compile_warmup import compile_options, run_every_shape
@@ -40,11 +41,11 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
              batch_size: int, forward_context: Any, prepare: Callable[..., torch.Tensor] = normalize,
              step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None, dtype: torch.dtype = torch.float32,
-             channels_last: bool = True, flip_tta: bool = False) -> dict[str, torch.Tensor]:
+             channels_last: bool = True, flip_tta: bool = False, classes: int = len(CIFAR10_CLASSES)
+             ) -> dict[str, torch.Tensor]:
     """The evaluation of uint8 NHWC images held on the model's device, by the same step as the Trainer's validation
     (cifar_lit.training.metrics): accuracy, loss, per-class accuracy, confusion matrix, flip-TTA accuracy. `prepare` and
     `step` may be compiled versions of `normalize` and of `evaluate_batch` bound to the model."""
-    classes = len(CIFAR10_CLASSES)
     step = step or (lambda inputs, targets: evaluate_batch(model, inputs, targets, classes, flip_tta))
     model.eval()
     sums = EvaluationSums(classes).to(labels.device)
@@ -65,9 +66,10 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     """
     device = torch.device(device)
     torch.manual_seed(config["seed"])
-    data_dir = Path(config["data_dir"])
-    train = load_split(data_dir, "train", None, config["verify_checksums"])
-    test = load_split(data_dir, "test", None, config["verify_checksums"])
+    dataset = open_dataset(Path(config["data_dir"]), config["dataset"], config["cifar100_labels"], None,
+                           config["verify_checksums"], config["resize"])
+    train, test = dataset.load("train"), dataset.load("test")
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset.is_cifar10 else channel_stats(train.images)  # as the run
 
     def on_device(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
@@ -76,12 +78,12 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     train_images, train_labels = on_device(train)
     train_images = pad(train_images, config["crop_padding"])
     test_images, test_labels = on_device(test)
-    scale, shift = scale_and_shift(CIFAR10_MEAN, CIFAR10_STD, device)
+    scale, shift = scale_and_shift(mean, std, device)
     dtype, channels_last = input_dtype(precision), config["channels_last"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    classes = len(CIFAR10_CLASSES)
+    classes = len(dataset.class_names)
 
-    model = resnet18(width=config["width"]).to(device, memory_format=memory_format)
+    model = resnet18(num_classes=classes, width=config["width"]).to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     forward_context = _autocast(device, precision)
 
@@ -149,10 +151,10 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
         synchronize(device)
         train_seconds += time.perf_counter() - epoch_start
         results = evaluate(model, test_images, test_labels, scale, shift, config["eval_batch_size"], forward_context,
-                           prepare, eval_forward, dtype, channels_last)
+                           prepare, eval_forward, dtype, channels_last, classes=classes)
         accuracy = float(results["acc"])
         accuracies.append(accuracy)
-        if reached_epoch is None and accuracy >= config["target_acc"]:
+        if reached_epoch is None and config["target_acc"] is not None and accuracy >= config["target_acc"]:
             reached_epoch, reached_seconds = epoch + 1, time.perf_counter() - start
             break
     return {

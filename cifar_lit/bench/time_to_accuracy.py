@@ -32,6 +32,7 @@ from cifar_lit.hardware.plan import explicit_options, plan_hardware
 from cifar_lit.phases import PHASES
 from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
 from cifar_lit.run.config import parse_config
+from cifar_lit.run.stop_at_target import CIFAR10_TARGET
 
 
 class GpuBusySampler:
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": preset.stem,
         "date": dt.date.today().isoformat(),
         "device": device_description(device),
-        "target_acc": config["target_acc"],
+        "target_acc": config["target_acc"] if config["target_acc"] is not None else CIFAR10_TARGET,
         "data": f"{args.data_dir}",
         "command": command_line(sys.argv[1:] if argv is None else argv, "-m cifar_lit.bench"),
         "git_commit": git_commit(),

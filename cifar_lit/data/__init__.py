@@ -1,5 +1,5 @@
 """CIFAR-10 loading, caching and augmentation."""
 
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 
-__all__ = ["CIFAR10DataModule"]
+__all__ = ["ImageDataModule"]

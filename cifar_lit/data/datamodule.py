@@ -1,4 +1,5 @@
-"""CIFAR-10 as a LightningDataModule: download in `prepare_data`, datasets in `setup`, augmentation on the device."""
+"""The data set as a LightningDataModule: download in `prepare_data`, datasets in `setup`, augmentation on the
+device."""
 
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from cifar_lit.data.augment import (
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import (
+    NAMES,
     SPLITS,
+    DataSet,
     Split,
-    detect_format,
     expected_image_counts,
-    load_image_folder_split,
-    load_split,
+    format_to_open,
     missing_data_message,
+    open_dataset,
 )
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.lightning_compat import epochs_trained
@@ -45,19 +47,21 @@ from cifar_lit.training.compile_warmup import compile_options
 log = logging.getLogger(__name__)
 
 
-def download_cifar10(data_dir: Path) -> None:
-    """Fetch torchvision's CIFAR-10 into `data_dir`, turning any failure into a DataError that says what to do.
+def download(data_dir: Path, dataset: str) -> None:
+    """Fetch torchvision's CIFAR-10 or CIFAR-100 into `data_dir`, turning any failure into a DataError that says
+    what to do.
 
     A failed or interrupted download leaves nothing behind: what it added to `data_dir` (the folder itself, when it
     created it) is removed, so the next run does not mistake a partial archive or folder for the data set.
     """
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10, CIFAR100
 
     existed = data_dir.is_dir()
     before = set(data_dir.iterdir()) if existed else set()
+    name = NAMES[dataset]
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        CIFAR10(str(data_dir), train=True, download=True)
+        (CIFAR100 if dataset == "cifar100" else CIFAR10)(str(data_dir), train=True, download=True)
     except BaseException as error:
         if not existed:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -67,9 +71,9 @@ def download_cifar10(data_dir: Path) -> None:
         if not isinstance(error, Exception):
             raise
         raise DataError(
-            f"Downloading CIFAR-10 into {data_dir} failed ({type(error).__name__}: {error}). Check the network "
+            f"Downloading {name} into {data_dir} failed ({type(error).__name__}: {error}). Check the network "
             "connection and that the folder is writable, or pass --no-download and point --data-dir at a local copy "
-            "(torchvision's cifar-10-batches-py or an image folder with train/ and test/)."
+            "(torchvision's batches or an image folder with train/ and test/)."
         ) from None
 
 
@@ -85,16 +89,24 @@ class CutoutTransform:
         return image.masked_fill(cutout_mask(centre_y, centre_x, self.size, (height, width)), 0.0)
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
-    """CIFAR-10 from torchvision's batches or an image folder, held as uint8 and augmented batch-wise on the device.
+class ImageDataModule(pl.LightningDataModule):
+    """A data set of small images (CIFAR-10, CIFAR-100 or any image folder) held as uint8 and augmented batch-wise
+    on the device.
 
-    By default every epoch is validated on the 10,000 test images, the protocol of the seed project and of most
-    CIFAR-10 speed records; `val_split > 0` holds that many training images out instead (seeded), and the test set
-    is then only used by `trainer.test`.
+    By default every epoch is validated on the test images, the protocol of the seed project and of most CIFAR-10
+    speed records; `val_split > 0` holds that many training images out instead (seeded), and the test set is then
+    only used by `trainer.test`. The class names come from the data (`class_names`, after `prepare_data` or
+    `setup`) and are kept in checkpoints with the normalization.
 
     Args:
-        data_dir: folder with `cifar-10-batches-py/` or an image folder (`train/<class>/`, `test/<class>/`).
-        download: fetch CIFAR-10 with torchvision when `data_dir` holds no copy.
+        data_dir: folder with torchvision's `cifar-10-batches-py/` or `cifar-100-python/`, or an image folder
+            (`train/<class>/`, `test/<class>/`).
+        dataset: "auto" (whatever `data_dir` holds; CIFAR-10 is downloaded when it holds nothing), "cifar10",
+            "cifar100" (downloaded when missing) or "folder".
+        cifar100_labels: CIFAR-100's "fine" labels (100 classes) or "coarse" ones (20 superclasses).
+        resize: resize images that are not 32x32 (centre crop, then 32x32) once, when they are first decoded;
+            without it they are refused.
+        download: fetch CIFAR-10 or CIFAR-100 with torchvision when `data_dir` holds no copy.
         batch_size: training images per step on each device (the global batch is this times the devices).
         eval_batch_size: images per validation/test step.
         data_path: "tensor" (uint8 NHWC tensors, augmentation batched on the device) or "pil" (torchvision
@@ -110,13 +122,17 @@ class CIFAR10DataModule(pl.LightningDataModule):
         data_on_device: keep the whole data set on the training device (tensor path).
         shard_train_data: with several devices, keep only this rank's share of the training set on its device.
         channels_last: hand the model NHWC-strided batches (faster convolutions on tensor cores).
-        normalization: "cifar10" uses the published constants; "computed" measures them on the training images.
+        normalization: "auto" (CIFAR-10's published constants for CIFAR-10, measured on the training images for
+            any other data set), "cifar10" (the constants) or "computed" (measured).
         compile: compile the batch transforms with torch.compile (one fused kernel per training batch).
     """
 
     def __init__(
         self,
         data_dir: str = "data",
+        dataset: Literal["auto", "cifar10", "cifar100", "folder"] = "auto",
+        cifar100_labels: Literal["fine", "coarse"] = "fine",
+        resize: bool = False,
         download: bool = True,
         batch_size: PositiveInt = 256,
         eval_batch_size: PositiveInt = 1000,
@@ -132,12 +148,13 @@ class CIFAR10DataModule(pl.LightningDataModule):
         data_on_device: bool = True,
         shard_train_data: bool = False,
         channels_last: bool = True,
-        normalization: Literal["cifar10", "computed"] = "cifar10",
+        normalization: Literal["auto", "cifar10", "computed"] = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.class_names = CIFAR10_CLASSES
+        self.dataset: DataSet | None = None
+        self.class_names: tuple[str, ...] = CIFAR10_CLASSES  # until the data says otherwise
         self.mean: tuple[float, ...] = CIFAR10_MEAN
         self.std: tuple[float, ...] = CIFAR10_STD
         self.splits: dict[str, Split] = {}
@@ -170,22 +187,32 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Download when missing and allowed; decode an image folder into its cache once.
 
-        The splits an image folder yields here are kept for `setup` in this process, so the folder's 60,000 files
-        are listed and checked once per run, not once per call (train.py and Lightning both call this). A process
-        that did not run it (another DDP rank) loads them in `setup`.
+        The splits an image folder yields here are kept for `setup` in this process, so the folder's files are
+        listed and checked once per run, not once per call (train.py and Lightning both call this). A process that
+        did not run it (another DDP rank) loads them in `setup`.
         """
         if self._prepared_here:
             return
         self._prepared_here = True
         with phase("data"):
-            data_format = detect_format(self.data_dir)
-            if data_format is None:
+            wanted = self.hparams.dataset
+            if format_to_open(self.data_dir, wanted) is None:
                 if not self.hparams.download:
-                    raise DataError(missing_data_message(self.data_dir))
-                download_cifar10(self.data_dir)
-            elif data_format == "image_folder":
-                self._prepared = {split: load_image_folder_split(self.data_dir, split, self.cache_dir)
-                                  for split in SPLITS}
+                    raise DataError(missing_data_message(self.data_dir, wanted))
+                download(self.data_dir, "cifar100" if wanted == "cifar100" else "cifar10")
+            dataset = self.open()
+            if dataset.source == "folder":
+                self._prepared = {split: dataset.load(split) for split in SPLITS}
+
+    def open(self) -> DataSet:
+        """The data set on disk, with its class names (read from the data, nothing decoded yet)."""
+        if self.dataset is None:
+            hp = self.hparams
+            self.dataset = open_dataset(self.data_dir, hp.dataset, hp.cifar100_labels, self.cache_dir,
+                                        hp.verify_checksums, hp.resize)
+            self.class_names = self.dataset.class_names
+            log.info("Data: %s.", self.dataset.describe())
+        return self.dataset
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -195,12 +222,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self.compile_transforms(**compile_options())
 
     def _load_splits(self) -> None:
-        train, test = (self._prepared.get(split) or load_split(self.data_dir, split, self.cache_dir,
-                                                                self.hparams.verify_checksums) for split in SPLITS)
+        dataset = self.open()
+        train, test = (self._prepared.get(split) or dataset.load(split) for split in SPLITS)
         self._prepared = {}
-        if self.hparams.normalization == "computed":
+        normalization = self.hparams.normalization
+        if normalization == "computed" or (normalization == "auto" and not dataset.is_cifar10):
             self.mean, self.std = channel_stats(train.images)
-            log.info("Normalization computed on the training images: mean %s, std %s", self.mean, self.std)
+            log.info("Normalization measured on the %d training images: mean %s, std %s", len(train),
+                     tuple(round(v, 4) for v in self.mean), tuple(round(v, 4) for v in self.std))
         val_split = self.hparams.val_split
         if val_split:
             if not 0 < val_split < len(train):
@@ -401,8 +430,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return denormalize(images, mean, std)
 
     def state_dict(self) -> dict[str, Any]:
-        """The normalization in use, so a checkpoint alone is enough to evaluate or classify images later."""
-        return {"mean": list(self.mean), "std": list(self.std)}
+        """The normalization and the class list in use, so a checkpoint alone is enough to evaluate or classify
+        images later."""
+        kind = self.dataset.kind if self.dataset is not None else None
+        return {"mean": list(self.mean), "std": list(self.std), "class_names": list(self.class_names), "dataset": kind}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mean = tuple(state_dict["mean"])

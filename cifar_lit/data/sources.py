@@ -1,202 +1,91 @@
-"""Where CIFAR-10 comes from: torchvision's pickled batches, or an image folder decoded once into a uint8 cache.
+"""Where the data set comes from, and which one it is: torchvision's pickled CIFAR-10 or CIFAR-100, or any image
+folder (cifar_lit.data.image_folder).
 
-Both formats end up as the same pair of arrays per split: uint8 images (N, 32, 32, 3) and int64 labels (N,).
-Every problem with the files is raised as a `DataError` naming the file and the fix, before any training starts.
+`open_dataset` recognises what a data folder holds (or takes `--dataset`), reads the class list from the data
+(CIFAR-100's meta file, the class-folder names) and returns a `DataSet` whose splits all end up as the same pair of
+arrays: uint8 images (N, 32, 32, 3) and int64 labels (N,). Every problem with the files is a `DataError` naming
+the file and the fix, raised before any training starts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import pickle
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, CIFAR100
 
-from cifar_lit.data.constants import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES
+from cifar_lit.data.constants import CIFAR10_CLASSES, IMAGE_SIZE
+from cifar_lit.data.image_folder import count_images, image_folder_classes, load_image_folder_split
+from cifar_lit.data.split import SPLITS, Split
 from cifar_lit.reliability.errors import DataError
-from cifar_lit.reliability.files import atomic_file
 
-log = logging.getLogger(__name__)
+__all__ = ["SPLITS", "DataSet", "Split", "detect_format", "expected_image_counts", "load_split", "open_dataset"]
 
-TORCHVISION_FOLDER = CIFAR10.base_folder
-# (file name, MD5) of torchvision's CIFAR-10 release, as torchvision itself checks them.
-TORCHVISION_FILES = {"train": tuple(map(tuple, CIFAR10.train_list)), "test": tuple(map(tuple, CIFAR10.test_list))}
-SPLITS = ("train", "test")
-CACHE_FORMAT_VERSION = "1"
-LAYOUT_HINT = (
-    "An image folder must hold train/<class>/ and test/<class>/ with one folder per CIFAR-10 class, named "
-    + ", ".join(CIFAR10_CLASSES)
-    + f", each with 32x32 {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images."
-)
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of the data set, held as uint8 NHWC images and int64 labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
+# What torchvision downloads, with the (file name, MD5) pairs it checks them by.
+CIFAR10_FOLDER, CIFAR100_FOLDER = CIFAR10.base_folder, CIFAR100.base_folder
+TORCHVISION_FILES = {
+    "cifar10": {"train": tuple(map(tuple, CIFAR10.train_list)), "test": tuple(map(tuple, CIFAR10.test_list))},
+    "cifar100": {"train": tuple(map(tuple, CIFAR100.train_list)), "test": tuple(map(tuple, CIFAR100.test_list))},
+}
+CIFAR100_META = (CIFAR100.meta["filename"], CIFAR100.meta["md5"])
+CIFAR100_LABEL_KEYS = {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")}
+DATASETS = ("auto", "cifar10", "cifar100", "folder")
+NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
 
 
 def detect_format(data_dir: Path) -> str | None:
-    """'torchvision', 'image_folder', or None when `data_dir` holds neither."""
-    if (data_dir / TORCHVISION_FOLDER).is_dir():
-        return "torchvision"
+    """'cifar10' or 'cifar100' (torchvision's batches), 'folder' (an image folder), or None: what `data_dir` holds."""
+    if (data_dir / CIFAR10_FOLDER).is_dir():
+        return "cifar10"
+    if (data_dir / CIFAR100_FOLDER).is_dir():
+        return "cifar100"
     if (data_dir / "train").is_dir() or (data_dir / "test").is_dir():
-        return "image_folder"
+        return "folder"
     return None
 
 
+def format_to_open(data_dir: Path, dataset: str) -> str | None:
+    """The format `--dataset` means in `data_dir` (None: not there yet, so it must be downloaded)."""
+    present = detect_format(data_dir)
+    if dataset == "auto":
+        return present
+    if dataset == "cifar100":
+        return "cifar100" if (data_dir / CIFAR100_FOLDER).is_dir() else None
+    if dataset == "cifar10":
+        if (data_dir / CIFAR10_FOLDER).is_dir():
+            return "cifar10"
+        return "folder" if present == "folder" else None  # CIFAR-10 as an image folder (the JPEG copy)
+    if present != "folder":
+        raise DataError(f"--dataset folder needs {data_dir}/train/<class>/ and {data_dir}/test/<class>/, and "
+                        f"{data_dir} holds {'no image folder' if present is None else NAMES[present]}. Point "
+                        "--data-dir at the folder that has train/ and test/.")
+    return "folder"
+
+
 def expected_image_counts(data_dir: Path) -> tuple[int, int]:
-    """(training, test) images the data folder will yield, without reading any image: torchvision's CIFAR-10 has
-    50,000 and 10,000; an image folder is counted by listing it; a folder still to be downloaded is CIFAR-10."""
-    if detect_format(data_dir) == "image_folder":
-        counts = []
-        for split in SPLITS:
-            total = 0
-            if (data_dir / split).is_dir():
-                for folder in os.scandir(data_dir / split):
-                    if folder.is_dir() and not folder.name.startswith("."):
-                        with os.scandir(folder.path) as entries:
-                            total += sum(os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES for e in entries)
-            counts.append(total)
-        return counts[0], counts[1]
-    return (sum(1 for _ in TORCHVISION_FILES["train"]) * 10_000, len(TORCHVISION_FILES["test"]) * 10_000)
+    """(training, test) images the data folder will yield, without reading any image: torchvision's CIFAR-10 and
+    CIFAR-100 have 50,000 and 10,000; an image folder is counted by listing it; one still to be downloaded is
+    CIFAR's size too."""
+    if detect_format(data_dir) == "folder":
+        return count_images(data_dir)
+    return 50_000, 10_000
 
 
-def missing_data_message(data_dir: Path) -> str:
-    """The one-paragraph error for a data folder that holds no CIFAR-10 copy."""
-    where = f"{data_dir} does not exist" if not data_dir.exists() else f"No CIFAR-10 copy was found in {data_dir}"
+def missing_data_message(data_dir: Path, dataset: str = "auto") -> str:
+    """The one-paragraph error for a data folder that holds no copy of the data set."""
+    wanted, others = ("CIFAR-100", "") if dataset == "cifar100" else ("CIFAR-10", " (nor CIFAR-100, nor an image "
+                                                                                  "folder)")
+    where = (f"{data_dir} does not exist" if not data_dir.exists()
+             else f"No {wanted} copy was found in {data_dir}{others}")
+    folder = CIFAR100_FOLDER if dataset == "cifar100" else CIFAR10_FOLDER
     return (
-        f"{where}: expected {data_dir / TORCHVISION_FOLDER}/ (torchvision's format) or {data_dir}/train/<class>/ and "
-        f"{data_dir}/test/<class>/ (an image folder). Pass --download to fetch CIFAR-10 with torchvision, or point "
+        f"{where}: expected {data_dir / folder}/ (torchvision's format) or {data_dir}/train/<class>/ and "
+        f"{data_dir}/test/<class>/ (an image folder). Pass --download to fetch it with torchvision, or point "
         "--data-dir at a local copy (for example the unpacked cifar10-jpeg folder)."
     )
-
-
-# ---------------------------------------------------------------------------------------------------- image folder
-
-
-def list_image_folder(root: Path, split: str) -> list[tuple[Path, int]]:
-    """Image files of one split with their labels, in class order then file-name order; checks the layout."""
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(f"The image folder {root} has no '{split}' folder ({split_dir} is missing). {LAYOUT_HINT}")
-    present = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    missing = [c for c in CIFAR10_CLASSES if c not in present]
-    extra = [name for name in present if name not in CIFAR10_CLASSES]
-    if missing:
-        raise DataError(f"{split_dir} lacks the class folder(s) {', '.join(missing)}. {LAYOUT_HINT}")
-    if extra:
-        raise DataError(
-            f"{split_dir} has folder(s) that are not CIFAR-10 classes: {', '.join(extra)}. Move them out of the "
-            f"data folder. {LAYOUT_HINT}"
-        )
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(CIFAR10_CLASSES):
-        folder = split_dir / name
-        with os.scandir(folder) as entries:  # names sorted as strings: the order of sorted Paths, 5x faster
-            names = sorted(entry.name for entry in entries
-                           if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file())
-        if not names:
-            raise DataError(f"The class folder {folder} holds no images. {LAYOUT_HINT}")
-        files.extend((folder / file_name, label) for file_name in names)
-    return files
-
-
-def decode_image(path: Path) -> np.ndarray:
-    """A 32x32 RGB uint8 array from an image file, or a DataError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise DataError(
-                    f"{path} is {image.size[0]}x{image.size[1]} pixels; CIFAR-10 images are "
-                    f"{IMAGE_SIZE}x{IMAGE_SIZE}. Resize the file or remove it from the data folder."
-                )
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise DataError(
-            f"Cannot read the image {path} ({type(error).__name__}: {error}). The file is corrupt, truncated or "
-            "not an image: replace it with a good copy or delete it."
-        ) from None
-
-
-def fingerprint(files: list[tuple[Path, int]], root: Path) -> str:
-    """A hash of every file's relative path, size, modification time and label: changes when the source does."""
-    digest = hashlib.sha256(CACHE_FORMAT_VERSION.encode())
-    prefix = len(str(root).rstrip(os.sep)) + 1  # every file lies under root: its relative path is a suffix
-    for path, label in files:
-        name = str(path)
-        stat = os.stat(name)
-        digest.update(f"{name[prefix:]}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-    return digest.hexdigest()
-
-
-def decode_image_folder(files: list[tuple[Path, int]], workers: int | None = None) -> Split:
-    """Decode every file with a thread pool (PIL releases the GIL while decoding)."""
-    workers = workers or min(16, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(decode_image, (path for path, _ in files), chunksize=256))
-    return Split(np.stack(images), np.array([label for _, label in files], dtype=np.int64))
-
-
-def default_cache_dir(data_dir: Path) -> Path:
-    """`<data_dir>/.cifar_lit_cache` when the data folder is writable, else a folder under ~/.cache."""
-    if os.access(data_dir, os.W_OK):
-        return data_dir / ".cifar_lit_cache"
-    key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "cifar_lit" / key
-
-
-def write_cache(path: Path, split: Split, source_fingerprint: str) -> None:
-    """Written whole or not at all (`atomic_file`): an interrupted decode never leaves a half-written cache."""
-    with atomic_file(path) as handle:
-        np.savez(handle, images=split.images, labels=split.labels, fingerprint=np.array(source_fingerprint))
-
-
-def read_cache(path: Path, expected_fingerprint: str) -> Split | None:
-    """The cached split, or None when it is missing, unreadable or stale (the reason is logged)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            if str(cached["fingerprint"]) != expected_fingerprint:
-                log.warning("The cache %s no longer matches its source images; rebuilding it.", path)
-                return None
-            return Split(cached["images"], cached["labels"])
-    except Exception as error:  # a damaged cache is rebuilt, never trusted
-        log.warning("The cache %s is unreadable (%s); rebuilding it.", path, error)
-        return None
-
-
-def load_image_folder_split(root: Path, split: str, cache_dir: Path | None = None) -> Split:
-    """One split of an image folder, from the uint8 cache when it matches the files, else decoded and cached."""
-    files = list_image_folder(root, split)
-    cache_path = (cache_dir or default_cache_dir(root)) / f"{split}.npz"
-    source_fingerprint = fingerprint(files, root)
-    cached = read_cache(cache_path, source_fingerprint)
-    if cached is not None:
-        return cached
-    log.info("Decoding %d images of %s into the cache %s (once).", len(files), root / split, cache_path)
-    decoded = decode_image_folder(files)
-    try:
-        write_cache(cache_path, decoded, source_fingerprint)
-    except OSError as error:
-        log.warning("Could not write the cache %s (%s); the images will be decoded again next time.", cache_path, error)
-    return decoded
 
 
 # ------------------------------------------------------------------------------------------------ torchvision batches
@@ -228,55 +117,123 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_batch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) and labels of one pickled CIFAR-10 batch file."""
+def unpickle(path: Path, what: str) -> dict:
+    """A torchvision batch or meta file through the allow-list unpickler; DataError naming it otherwise."""
     try:
         with open(path, "rb") as handle:
-            entry = _ArrayUnpickler(handle, encoding="latin1").load()
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry["labels"], dtype=np.int64)
-        images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+            return _ArrayUnpickler(handle, encoding="latin1").load()
     except Exception as error:
         raise DataError(
-            f"Cannot read the CIFAR-10 batch file {path} ({type(error).__name__}: {error}). Delete "
-            f"{path.parent} and download it again with --download."
+            f"Cannot read the {what} file {path} ({type(error).__name__}: {error}). Delete {path.parent} and "
+            "download it again with --download."
         ) from None
-    if len(images) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < len(CIFAR10_CLASSES)):
-        raise DataError(f"The CIFAR-10 batch file {path} has inconsistent images and labels. Delete {path.parent} and "
+
+
+def checked_file(folder: Path, name: str, expected_md5: str, verify: bool, what: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise DataError(f"{path} is missing from torchvision's {what} folder. Delete {folder} and run again with "
+                        "--download, or point --data-dir at a complete copy.")
+    if verify and md5sum(path) != expected_md5:
+        raise DataError(f"{path} fails its MD5 checksum (expected {expected_md5}): the file is corrupt or incomplete. "
+                        f"Delete {folder} and run again with --download to fetch a fresh copy.")
+    return path
+
+
+def read_batch_file(path: Path, label_key: str = "labels", classes: int = 10, what: str = "CIFAR-10 batch"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) and labels of one pickled CIFAR batch file."""
+    entry = unpickle(path, what)
+    try:
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+        images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    except Exception as error:
+        raise DataError(f"Cannot read the {what} file {path} ({type(error).__name__}: {error}). Delete "
+                        f"{path.parent} and download it again with --download.") from None
+    if len(images) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < classes):
+        raise DataError(f"The {what} file {path} has inconsistent images and labels. Delete {path.parent} and "
                         "download it again with --download.")
     return np.ascontiguousarray(images), labels
 
 
-def load_torchvision_split(data_dir: Path, split: str, verify_checksums: bool = True) -> Split:
-    """One split of torchvision's pickled CIFAR-10, each file checked against its published MD5 first."""
-    folder = data_dir / TORCHVISION_FOLDER
-    images, labels = [], []
-    for name, expected_md5 in TORCHVISION_FILES[split]:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(
-                f"{path} is missing: torchvision's CIFAR-10 folder needs data_batch_1 to data_batch_5 and test_batch. "
-                f"Delete {folder} and run again with --download, or point --data-dir at a complete copy."
-            )
-        if verify_checksums and md5sum(path) != expected_md5:
-            raise DataError(
-                f"{path} fails its MD5 checksum (expected {expected_md5}): the file is corrupt or incomplete. Delete "
-                f"{folder} and run again with --download to fetch a fresh copy."
-            )
-        batch_images, batch_labels = read_batch_file(path)
-        images.append(batch_images)
-        labels.append(batch_labels)
-    split_data = Split(np.concatenate(images), np.concatenate(labels))
+def load_torchvision_split(data_dir: Path, split: str, verify_checksums: bool = True, dataset: str = "cifar10",
+                           labels: str = "fine", classes: int = 10) -> Split:
+    """One split of torchvision's pickled CIFAR-10 or CIFAR-100, each file checked against its MD5 first."""
+    folder = data_dir / (CIFAR10_FOLDER if dataset == "cifar10" else CIFAR100_FOLDER)
+    label_key = "labels" if dataset == "cifar10" else CIFAR100_LABEL_KEYS[labels][0]
+    what = f"{NAMES[dataset]} batch"
+    parts = [read_batch_file(checked_file(folder, name, md5, verify_checksums, NAMES[dataset]), label_key, classes,
+                             what) for name, md5 in TORCHVISION_FILES[dataset][split]]
+    split_data = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     if len(split_data) == 0:
         raise DataError(f"The {split} files in {folder} hold no images. Delete {folder} and download it again.")
     return split_data
 
 
-def load_split(data_dir: Path, split: str, cache_dir: Path | None = None, verify_checksums: bool = True) -> Split:
-    """One split of whichever format `data_dir` holds."""
-    data_format = detect_format(data_dir)
-    if data_format == "torchvision":
-        return load_torchvision_split(data_dir, split, verify_checksums)
-    if data_format == "image_folder":
-        return load_image_folder_split(data_dir, split, cache_dir)
-    raise DataError(missing_data_message(data_dir))
+def cifar100_classes(data_dir: Path, labels: str, verify_checksums: bool) -> tuple[str, ...]:
+    """CIFAR-100's class names from its meta file: the 100 fine classes, or the 20 coarse superclasses."""
+    folder = data_dir / CIFAR100_FOLDER
+    meta = unpickle(checked_file(folder, *CIFAR100_META, verify_checksums, "CIFAR-100"), "CIFAR-100 meta")
+    names = meta.get(CIFAR100_LABEL_KEYS[labels][1]) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names) or len(names) < 2:
+        raise DataError(f"The CIFAR-100 meta file {folder / CIFAR100_META[0]} has no list of "
+                        f"{CIFAR100_LABEL_KEYS[labels][1]}. Delete {folder} and download it again with --download.")
+    return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------------------ data set
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data set as it lies on disk: which one (`kind`), its class names in label order, and how to read a split."""
+
+    kind: str  # "cifar10", "cifar100" or "folder"
+    data_dir: Path
+    class_names: tuple[str, ...]
+    source: str  # the format on disk: "cifar10", "cifar100" or "folder"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def is_cifar10(self) -> bool:
+        return self.kind == "cifar10"
+
+    def describe(self) -> str:
+        labels = f" ({self.options['labels']} labels)" if self.kind == "cifar100" else ""
+        return f"{NAMES[self.kind]}{labels}, {len(self.class_names)} classes, from {self.data_dir}"
+
+    def load(self, split: str) -> Split:
+        if self.source == "folder":
+            return load_image_folder_split(self.data_dir, split, self.options.get("cache_dir"),
+                                           self.options.get("resize", False), self.class_names)
+        return load_torchvision_split(self.data_dir, split, self.options.get("verify_checksums", True), self.source,
+                                      self.options.get("labels", "fine"), len(self.class_names))
+
+
+def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine", cache_dir: Path | None = None,
+                 verify_checksums: bool = True, resize: bool = False) -> DataSet:
+    """The data set `dataset` means in `data_dir` ("auto": whatever it holds), with its class list."""
+    data_dir = Path(data_dir)
+    source = format_to_open(data_dir, dataset)
+    if source is None:
+        raise DataError(missing_data_message(data_dir, dataset))
+    if source == "cifar10":
+        return DataSet("cifar10", data_dir, CIFAR10_CLASSES, source, {"verify_checksums": verify_checksums})
+    if source == "cifar100":
+        classes = cifar100_classes(data_dir, cifar100_labels, verify_checksums)
+        return DataSet("cifar100", data_dir, classes, source,
+                       {"verify_checksums": verify_checksums, "labels": cifar100_labels})
+    classes = image_folder_classes(data_dir)
+    if dataset == "cifar10" and classes != CIFAR10_CLASSES:
+        raise DataError(f"--dataset cifar10 needs one class folder per CIFAR-10 class ({', '.join(CIFAR10_CLASSES)}), "
+                        f"and {data_dir / 'train'} has: {', '.join(classes)}. For a folder of other classes use "
+                        "--dataset folder (or leave --dataset at auto).")
+    kind = "cifar10" if classes == CIFAR10_CLASSES else "folder"  # the JPEG copy of CIFAR-10 is CIFAR-10
+    return DataSet(kind, data_dir, classes, source, {"cache_dir": cache_dir, "resize": resize})
+
+
+def load_split(data_dir: Path, split: str, cache_dir: Path | None = None, verify_checksums: bool = True,
+               dataset: str = "auto", cifar100_labels: str = "fine", resize: bool = False) -> Split:
+    """One split of whichever data set `data_dir` holds."""
+    return open_dataset(data_dir, dataset, cifar100_labels, cache_dir, verify_checksums, resize).load(split)

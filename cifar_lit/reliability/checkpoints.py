@@ -97,20 +97,39 @@ def load_checkpoint(path: Path, resuming: bool = True) -> dict[str, Any]:
 
 
 MAX_WIDTH = 1024  # widest network a checkpoint may ask for: a crafted width must not allocate gigabytes
+MAX_CLASSES = 100_000  # likewise for the class count
+
+
+def saved_int(checkpoint: dict[str, Any], key: str, default: int, low: int, high: int) -> int | None:
+    """A hyperparameter of the checkpoint's network (`default` for runs that predate it); None when implausible."""
+    value = (checkpoint.get("hyper_parameters") or {}).get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
 
 
 def saved_width(checkpoint: dict[str, Any], default: int) -> int | None:
-    """The network width a checkpoint was trained with (`default` for runs that predate the option); None when it
-    is not a plausible width."""
-    width = (checkpoint.get("hyper_parameters") or {}).get("width", default)
-    return width if isinstance(width, int) and not isinstance(width, bool) and 0 < width <= MAX_WIDTH else None
+    """The network width a checkpoint was trained with; None when it is not a plausible width."""
+    return saved_int(checkpoint, "width", default, 1, MAX_WIDTH)
 
 
-def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Callable[[int], dict[str, Any]],
+def saved_num_classes(checkpoint: dict[str, Any]) -> int | None:
+    """The number of classes a checkpoint's network outputs (10 for runs that predate other data sets)."""
+    return saved_int(checkpoint, "num_classes", 10, 2, MAX_CLASSES)
+
+
+def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the DataModule saved: normalization, class names, data set (its key is the class name, which was
+    CIFAR10DataModule in checkpoints written before other data sets)."""
+    for key in ("ImageDataModule", "CIFAR10DataModule"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return {}
+
+
+def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Callable[[int, int], dict[str, Any]],
                      default_width: int, use: str = "resume from") -> None:
     """Refuse a checkpoint of another model, width or class count with a message instead of a shape traceback.
 
-    `reference_state(width)` gives the state dict of a fresh network of that width to compare shapes with; `use`
+    `reference_state(width, num_classes)` gives the state dict of a fresh network to compare shapes with; `use`
     says what the user wanted to do with the checkpoint ("resume from", "evaluate").
     """
     state = checkpoint.get("state_dict")
@@ -118,12 +137,15 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Ca
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by cifar_lit's train.py (it has no "
                               f"state_dict). To {use.split()[0]} a run, use a .ckpt file from "
                               "<logdir>/version_N/checkpoints/.")
-    width = saved_width(checkpoint, default_width)
-    if width is None:
-        raise CheckpointError(f"{path} names a network width of {checkpoint['hyper_parameters'].get('width')!r}, "
-                              f"which is not an integer from 1 to {MAX_WIDTH}; it was not written by cifar_lit. "
-                              f"Use a checkpoint of a cifar_lit run to {use}.")
-    reference = reference_state(width)
+    width, classes = saved_width(checkpoint, default_width), saved_num_classes(checkpoint)
+    if width is None or classes is None:
+        hparams = checkpoint.get("hyper_parameters") or {}
+        named = (f"a network width of {hparams.get('width')!r}, which is not an integer from 1 to {MAX_WIDTH}"
+                 if width is None else f"{hparams.get('num_classes')!r} classes, not an integer from 2 to "
+                 f"{MAX_CLASSES}")
+        raise CheckpointError(f"{path} names {named}; it was not written by cifar_lit. Use a checkpoint of a "
+                              f"cifar_lit run to {use}.")
+    reference = reference_state(width, classes)
     reference = {key: value for key, value in reference.items() if key.startswith("model.")}  # the network itself
     missing = [key for key in reference if key not in state]
     unexpected = [key for key in state if key.startswith("model.") and key not in reference]
@@ -143,8 +165,9 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Ca
             if part
         )
         raise CheckpointError(
-            f"{path} does not hold the 10-class CIFAR ResNet18 this project trains ({details}). It comes from "
-            f"another model or class count; {use} a checkpoint of a cifar_lit run instead."
+            f"{path} does not hold the {classes}-class CIFAR ResNet18 of width {width} that its hyperparameters "
+            f"describe ({details}). It comes from another model or class count; {use} a checkpoint of a cifar_lit "
+            "run instead."
         )
 
 

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 import yaml
 
-from cifar_lit.data.constants import CIFAR10_CLASSES
-from cifar_lit.data.sources import load_split
+from cifar_lit.data.sources import NAMES, Split, open_dataset
 from cifar_lit.hardware.plan import single_device
 from cifar_lit.reliability.checkpoints import run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reporting.history import read_history_csv
 from cifar_lit.reporting.inference import (
+    TrainedModel,
     evaluate_images,
     load_trained_model,
     predict_probabilities,
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--compare", type=Path, nargs="+", metavar="RUN_DIR", help="run folders (version_N) to compare")
     parser.add_argument("--images", type=Path, nargs="+", help="classify these image files with --ckpt and print "
                                                                "the top-3 classes")
-    parser.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (default: the one the run was trained on)")
+    parser.add_argument("--data-dir", type=Path, help="data folder of the same data set (default: the one the run "
+                                                      "was trained on)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
     parser.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=500)
@@ -76,26 +77,42 @@ def run_config(checkpoint: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- report
 
 
+def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
+    """The test images of `data_dir`, opened the way the model's run read its data; refused when its classes are
+    not the model's."""
+    hparams = model.datamodule_hparams
+    dataset = open_dataset(data_dir, hparams.get("dataset", "auto"), hparams.get("cifar100_labels", "fine"),
+                           verify_checksums=hparams.get("verify_checksums", True), resize=hparams.get("resize", False))
+    if dataset.class_names != model.class_names:
+        raise DataError(
+            f"The data in {data_dir} has the classes {', '.join(dataset.class_names)}, and the checkpoint was trained "
+            f"on {', '.join(model.class_names)}. Give --data-dir the data set the checkpoint was trained on."
+        )
+    return dataset.load("test")
+
+
 def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.device, batch_size: int,
                  tta: bool) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
-    test = load_split(data_dir, "test", verify_checksums=model.datamodule_hparams.get("verify_checksums", True))
+    test = evaluation_split(model, data_dir)
+    classes = model.class_names
     metrics, predictions = evaluate_images(model, test.images, test.labels, batch_size, flip_tta=tta, device=device)
-    metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), device=device_description(device),
+    metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), dataset=NAMES.get(model.dataset, "image folder"),
+                   device=device_description(device),
                    command=command_line(program="evaluate.py"), git_commit=git_commit(), versions=versions())
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     matrix = np.asarray(metrics["confusion_matrix"])
-    per_class = [metrics["per_class_accuracy"][name] for name in CIFAR10_CLASSES]
-    save_figure(confusion_matrix_figure(matrix, CIFAR10_CLASSES, f"Confusion matrix, {len(test)} test images"),
+    per_class = [metrics["per_class_accuracy"][name] for name in classes]
+    save_figure(confusion_matrix_figure(matrix, classes, f"Confusion matrix, {len(test)} test images"),
                 out / "confusion_matrix.png")
-    save_figure(per_class_accuracy_figure(per_class, CIFAR10_CLASSES, "Accuracy per class (test set)"),
+    save_figure(per_class_accuracy_figure(per_class, classes, "Accuracy per class (test set)"),
                 out / "per_class_accuracy.png")
     for kind, mask in (("misclassified", predictions != test.labels), ("correct", predictions == test.labels)):
-        chosen = spread_over_classes(test.labels, mask, GRID_IMAGES)
+        chosen = spread_over_classes(test.labels, mask, GRID_IMAGES, len(classes))
         figure = prediction_grid_figure(test.images[chosen] / 255.0, test.labels[chosen].tolist(),
-                                        predictions[chosen].tolist(), CIFAR10_CLASSES,
+                                        predictions[chosen].tolist(), classes,
                                         f"{kind.capitalize()} test images ({len(chosen)} shown, spread over classes)")
         save_figure(figure, out / f"{kind}.png")
     run_dir = run_dir_of(checkpoint)
@@ -110,13 +127,15 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
 def report_markdown(metrics: dict[str, Any], out: Path) -> str:
     worst = sorted(metrics["per_class_accuracy"].items(), key=lambda item: item[1])[:3]
     lines = [
-        "# CIFAR-10 evaluation report",
+        f"# Evaluation report: {metrics['dataset']}, {len(metrics['per_class_accuracy'])} classes",
         "",
         f"Checkpoint: `{metrics['checkpoint']}`  ",
         f"Test data: `{metrics['data_dir']}` ({metrics['images']} images), evaluated on {metrics['device']}.",
         "",
         f"**Test accuracy: {metrics['accuracy']:.2%}** (cross-entropy {metrics['loss']:.4f})",
     ]
+    if "accuracy_top5" in metrics:
+        lines.append(f"Top-5 accuracy: {metrics['accuracy_top5']:.2%}")
     if "accuracy_flip_tta" in metrics:
         lines.append(f"With flip test-time augmentation: {metrics['accuracy_flip_tta']:.2%}")
     lines += [
@@ -195,7 +214,7 @@ def evaluate(argv: Sequence[str]) -> int:
         model = load_trained_model(args.ckpt, device)
         images = np.stack([read_user_image(path) for path in args.images])
         for path, probabilities in zip(args.images, predict_probabilities(model, images, device=device), strict=True):
-            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities))
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities, model.class_names))
             print(f"{path}: {ranked}")
         return 0
     data_dir = args.data_dir or Path(run_config(args.ckpt).get("data_dir", "data"))
@@ -203,7 +222,9 @@ def evaluate(argv: Sequence[str]) -> int:
     out = args.out or (run_dir / "report" if run_dir else Path(f"report-{args.ckpt.stem}"))
     metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta)
     tta = f", {metrics['accuracy_flip_tta']:.2%} with flip TTA" if "accuracy_flip_tta" in metrics else ""
-    print(f"Test accuracy {metrics['accuracy']:.2%} on {metrics['images']} images{tta}. Report: {out / 'report.md'}")
+    top5 = f", top-5 {metrics['accuracy_top5']:.2%}" if "accuracy_top5" in metrics else ""
+    print(f"Test accuracy {metrics['accuracy']:.2%}{top5} on {metrics['images']} images{tta}. Report: "
+          f"{out / 'report.md'}")
     return 0
 
 

@@ -14,22 +14,25 @@ from torch.nn import functional as F
 
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
+from cifar_lit.data.image_folder import square_resize, to_rgb
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.reliability.checkpoints import check_compatible, load_checkpoint
-from cifar_lit.reliability.errors import DataError
+from cifar_lit.reliability.checkpoints import check_compatible, datamodule_state, load_checkpoint
+from cifar_lit.reliability.errors import CheckpointError, DataError
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
-from cifar_lit.training.module import CIFARClassifier
+from cifar_lit.training.module import TOP5_ABOVE_CLASSES, CIFARClassifier
 
 
 @dataclass
 class TrainedModel:
-    """A network restored from a checkpoint, with the normalization it was trained with."""
+    """A network restored from a checkpoint, with the normalization and class names it was trained with."""
 
     module: CIFARClassifier
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hparams: dict[str, Any]
     datamodule_hparams: dict[str, Any]
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
+    dataset: str | None = None
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
@@ -43,13 +46,19 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> Traine
     # check_compatible has matched every network weight; metric running sums (kept for resuming) may be absent
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.to(device).eval()
-    normalization = checkpoint.get("CIFAR10DataModule") or {}
+    data = datamodule_state(checkpoint)
+    classes = tuple(data.get("class_names") or CIFAR10_CLASSES)  # checkpoints before other data sets: CIFAR-10
+    if len(classes) != module.hparams.num_classes:
+        raise CheckpointError(f"{path} lists {len(classes)} class names for a network of {module.hparams.num_classes}"
+                              " outputs; it was not written by cifar_lit. Use a checkpoint of a cifar_lit run.")
     return TrainedModel(
         module=module,
-        mean=tuple(normalization.get("mean", CIFAR10_MEAN)),
-        std=tuple(normalization.get("std", CIFAR10_STD)),
+        mean=tuple(data.get("mean", CIFAR10_MEAN)),
+        std=tuple(data.get("std", CIFAR10_STD)),
         hparams=hparams,
         datamodule_hparams=dict(checkpoint.get("datamodule_hyper_parameters") or {}),
+        class_names=classes,
+        dataset=data.get("dataset", "cifar10"),
     )
 
 
@@ -65,7 +74,7 @@ def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
     """Accuracy, loss, per-class accuracy and confusion matrix (and flip-TTA accuracy) of uint8 NHWC images, by the
     evaluation step the Trainer's validation and test use (cifar_lit.training.metrics); and each image's predicted
     class."""
-    classes = len(CIFAR10_CLASSES)
+    classes = len(model.class_names)
     sums = EvaluationSums(classes).to(device)
     predictions = [torch.zeros(0, dtype=torch.long)]
     for start in range(0, len(images), batch_size):
@@ -79,41 +88,42 @@ def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
         "images": int(results["images"]),
         "accuracy": float(results["acc"]),
         "loss": float(results["loss"]),
-        "per_class_accuracy": dict(zip(CIFAR10_CLASSES, results["per_class"].tolist(), strict=True)),
+        "per_class_accuracy": dict(zip(model.class_names, results["per_class"].tolist(), strict=True)),
         "confusion_matrix": results["confusion"].tolist(),
     }
     if flip_tta:
         metrics["accuracy_flip_tta"] = float(results["acc_tta"])
+    if classes > TOP5_ABOVE_CLASSES:
+        metrics["accuracy_top5"] = float(results["acc_top5"])
     return metrics, torch.cat(predictions).numpy()
 
 
 @torch.inference_mode()
 def predict_probabilities(model: TrainedModel, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities (N, 10) of the user's own uint8 NHWC images."""
+    """Class probabilities (N, classes) of the user's own uint8 NHWC images."""
     if len(images) == 0:
-        return np.zeros((0, len(CIFAR10_CLASSES)), dtype=np.float32)
+        return np.zeros((0, len(model.class_names)), dtype=np.float32)
     return F.softmax(model.module(model_inputs(model, images, device)).float(), dim=1).cpu().numpy()
 
 
 def read_user_image(path: Path) -> np.ndarray:
-    """Any picture as a 32x32 RGB uint8 array: centre-cropped to a square, then resized with antialiasing."""
+    """Any picture as a 32x32 RGB uint8 array: converted to 8-bit RGB, centre-cropped to a square, then resized
+    with antialiasing (as `--resize` does to a data set)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"The image {path} does not exist. Give paths of PNG or JPEG files to --images.")
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        raise DataError(f"The image {path} {what}. Give paths of PNG or JPEG files to --images.")
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                                            Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
+            rgb, _ = to_rgb(image)
+            return np.asarray(square_resize(rgb) if rgb.size != (IMAGE_SIZE, IMAGE_SIZE) else rgb, dtype=np.uint8)
     except Exception as error:
         raise DataError(
             f"Cannot read {path} as an image ({type(error).__name__}: {error}). Give PNG or JPEG files to --images."
         ) from None
 
 
-def top_classes(probabilities: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
+    """The `k` most probable classes with their probabilities, most probable first."""
     order = np.argsort(-probabilities)[:k]
-    return [(CIFAR10_CLASSES[i], float(probabilities[i])) for i in order]
+    return [(class_names[i], float(probabilities[i])) for i in order]

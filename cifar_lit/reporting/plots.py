@@ -142,41 +142,64 @@ def prediction_grid_figure(
     return figure
 
 
+NUMBERED_CELLS_UP_TO = 20  # classes; above it the confusion matrix is a heat map and per-class bars are sorted
+CLASS_ROW_INCHES = 0.13  # per class above that: 9.4 points, room for a 6-point label
+LABEL_POINTS = 6
+
+
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
-    """Counts of (true row, predicted column), each cell labelled, diagonal reading as accuracy per class."""
+    """Shares of each true class (rows) predicted as each class (columns); with up to 20 classes every cell shows
+    its count, with more a heat map whose size and labels grow with the class count so none overlap."""
     matrix = np.asarray(matrix)
-    figure = new_figure(7.2, 6.4)
+    classes = len(class_names)
+    numbered = classes <= NUMBERED_CELLS_UP_TO
+    side = 6.4 if numbered else max(6.4, CLASS_ROW_INCHES * classes + 2.0)
+    label_size = 9 if numbered else LABEL_POINTS
+    figure = new_figure(side + 0.8, side)
     axis = figure.add_subplot()
     row_sums = matrix.sum(axis=1, keepdims=True).clip(min=1)
     shares = matrix / row_sums
-    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
-    ticks = np.arange(len(class_names))
-    axis.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=9)
-    axis.set_yticks(ticks, class_names, fontsize=9)
+    ticks = np.arange(classes)
+    axis.set_xticks(ticks, class_names, rotation=90 if not numbered else 45, ha="center" if not numbered else "right",
+                    fontsize=label_size)
+    axis.set_yticks(ticks, class_names, fontsize=label_size)
     axis.set_xlabel("predicted class", fontsize=11)
     axis.set_ylabel("true class", fontsize=11)
     axis.set_title(title, fontsize=12)
-    for (row, column), count in np.ndenumerate(matrix):
-        axis.text(column, row, str(int(count)), ha="center", va="center", fontsize=7.5,
-                  color="white" if shares[row, column] > 0.5 else "black")
+    if numbered:
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, str(int(count)), ha="center", va="center", fontsize=7.5,
+                      color="white" if shares[row, column] > 0.5 else "black")
     return figure
 
 
 def per_class_accuracy_figure(accuracies: Sequence[float], class_names: Sequence[str], title: str) -> Figure:
-    """Horizontal bars of accuracy per class, labelled with the value, overall mean marked."""
+    """Horizontal bars of accuracy per class, labelled with the value, overall mean marked. With many classes the
+    bars are sorted, worst first, and the worst ones are named in the title."""
     values = 100.0 * np.asarray(accuracies, dtype=float)
-    figure = new_figure(6.4, 4.4)
+    names = list(class_names)
+    classes = len(names)
+    many = classes > NUMBERED_CELLS_UP_TO
+    if many:
+        order = np.argsort(values, kind="stable")
+        values, names = values[order], [names[i] for i in order]
+        title = f"{title}\nhardest: " + ", ".join(f"{name} {value:.0f}%" for name, value in zip(names[:3], values[:3],
+                                                                                                 strict=False))
+    label_size = 10 if not many else LABEL_POINTS
+    figure = new_figure(6.4, 4.4 if not many else max(4.4, CLASS_ROW_INCHES * classes + 1.2))
     axis = figure.add_subplot()
-    positions = np.arange(len(class_names))
+    positions = np.arange(classes)
     axis.barh(positions, values, color=BLUE)
-    axis.set_yticks(positions, class_names, fontsize=10)
-    axis.invert_yaxis()
+    axis.set_yticks(positions, names, fontsize=label_size)
+    axis.set_ylim(classes - 0.5, -0.5)  # first class on top, no empty rows
     axis.set_xlim(0, 105)
     axis.set_xlabel("accuracy (%)", fontsize=11)
     axis.set_title(title, fontsize=12)
-    for position, value in zip(positions, values, strict=True):
-        axis.text(min(value + 1.0, 96.0), position, f"{value:.1f}", va="center", fontsize=9)
+    if not many:
+        for position, value in zip(positions, values, strict=True):
+            axis.text(min(value + 1.0, 96.0), position, f"{value:.1f}", va="center", fontsize=9)
     axis.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=1.2, label=f"mean {values.mean():.1f}")
     axis.legend(fontsize=9, loc="lower right")
     axis.grid(True, axis="x", alpha=0.3)

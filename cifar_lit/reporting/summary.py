@@ -20,7 +20,8 @@ from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.provenance import device_description, versions
 from cifar_lit.training.compile_warmup import CompileWarmup
 
-TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta"}
+TEST_KEYS = {"test_acc": "test/acc", "test_loss": "test/loss", "test_acc_tta": "test/acc_tta",
+             "test_acc_top5": "test/acc_top5"}
 HPARAM_METRICS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "train_seconds", "epochs_run")
 
 
@@ -42,11 +43,14 @@ class RunSummary(RunFolderCallback):
 
     def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
                  stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory, warmup: CompileWarmup,
-                 skipped: SkippedSteps, hardware: HardwarePlan, run_dir: Path | None = None) -> None:
+                 skipped: SkippedSteps, hardware: HardwarePlan, target: tuple[float | None, str],
+                 class_names: tuple[str, ...], run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
         self.config, self.command, self.commit, self.clock = config, command, commit, clock
         self.timer, self.stop, self.best, self.history, self.warmup = timer, stop, best, history, warmup
         self.skipped, self.hardware = skipped, hardware
+        self.target, self.target_source = target
+        self.class_names = tuple(class_names)
         self.facts: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
 
@@ -90,7 +94,8 @@ class RunSummary(RunFolderCallback):
         summary = {
             "best_val_acc": facts.pop("best_val_acc", None),
             **tested,
-            "target_acc": self.config["target_acc"],
+            "target_acc": self.target,
+            "target_source": self.target_source,
             **facts,
             "total_seconds": sum(run_phases.values()),
             "phase_seconds": run_phases,
@@ -98,6 +103,9 @@ class RunSummary(RunFolderCallback):
             "device": device_description(trainer.strategy.root_device),
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
+            "dataset": getattr(getattr(trainer.datamodule, "dataset", None), "kind", None),
+            "num_classes": len(self.class_names),
+            "class_names": list(self.class_names),
             "hardware_plan": self.hardware.as_dict(),
             "versions": versions(),
             "git_commit": self.commit,
@@ -121,7 +129,9 @@ class RunSummary(RunFolderCallback):
 
 def closing_line(summary: dict[str, Any]) -> str:
     """The one line train.py prints when a run is done."""
-    if summary["target_reached"]:
+    if summary["target_acc"] is None:
+        target = f"no target: trained the whole schedule ({summary['epochs_run']} epoch(s))"
+    elif summary["target_reached"]:
         target = (f"target {summary['target_acc']:.0%} reached at epoch {summary['target_epoch']} after "
                   f"{summary['target_seconds']:.1f} s of training")
     else:

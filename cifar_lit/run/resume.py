@@ -20,6 +20,7 @@ from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import (
     callback_state,
     check_compatible,
+    datamodule_state,
     find_last_checkpoint,
     load_checkpoint,
     run_dir_of,
@@ -27,7 +28,7 @@ from cifar_lit.reliability.checkpoints import (
 from cifar_lit.reliability.errors import CheckpointError
 from cifar_lit.reporting.summary import SUMMARY_NAME
 from cifar_lit.run.config import parse_config
-from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget
+from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget, resolve_target
 from cifar_lit.training.module import CIFARClassifier
 
 log = logging.getLogger("cifar_lit")
@@ -82,9 +83,10 @@ def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path:
     """A message when resuming `checkpoint` would not train at all (target already reached, or no epochs left)."""
     stop = callback_state(checkpoint, StopAtTarget.__name__) or {}
     reached = stop.get("reached_value")
-    if reached is not None and reached >= config["target_acc"] - REACHED_TOLERANCE:
+    target = resolve_target(config["target_acc"], datamodule_state(checkpoint).get("dataset", "cifar10")).value
+    if reached is not None and target is not None and reached >= target - REACHED_TOLERANCE:
         return (
-            f"Nothing to do: the run of {path} already reached val/acc {reached:.4f} >= {config['target_acc']} at "
+            f"Nothing to do: the run of {path} already reached val/acc {reached:.4f} >= {target} at "
             f"epoch {stop.get('reached_epoch')}. Raise --target-acc (and --max-epochs if needed) to train further."
         )
     done = epochs_completed(checkpoint)

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit import phases
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.memory import out_of_memory_as_error
 from cifar_lit.hardware.plan import HardwarePlan, explicit_options, plan_hardware
 from cifar_lit.lightning_compat import (
@@ -47,6 +47,7 @@ from cifar_lit.reporting.provenance import command_line, git_commit
 from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.run.resume import ResumePlan, plan_resume, restore_callback_states
+from cifar_lit.run.stop_at_target import resolve_target
 from cifar_lit.run.trainer import RunCallbacks, build_callbacks, build_trainer
 from cifar_lit.training.compile_cache import compile_cache
 from cifar_lit.training.module import CIFARClassifier
@@ -68,7 +69,7 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
         log.info("Resuming from %s%s", plan.checkpoint_path,
                  ": training is complete, so only the test runs and the summary is written" if plan.test_only else "")
 
-    data_bytes = CIFAR10DataModule.expected_device_bytes(config["data_dir"], config["crop_padding"])
+    data_bytes = ImageDataModule.expected_device_bytes(config["data_dir"], config["crop_padding"])
     # Refuses what this machine cannot give (a missing GPU, a torch without kernels for it, --compile where Inductor
     # cannot work) before any download or run folder.
     hardware = plan_hardware(config, explicit_options(list(argv)), data_bytes)
@@ -81,10 +82,13 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     planned = hardware.apply(config)
 
     pl.seed_everything(config["seed"], workers=True, verbose=False)
-    datamodule = CIFAR10DataModule(**class_kwargs(CIFAR10DataModule, planned))
+    datamodule = ImageDataModule(**class_kwargs(ImageDataModule, planned))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
     datamodule.setup("fit")
-    model = CIFARClassifier(**class_kwargs(CIFARClassifier, planned))
+    model = CIFARClassifier(num_classes=len(datamodule.class_names), **class_kwargs(CIFARClassifier, planned))
+    target = resolve_target(config["target_acc"], datamodule.dataset.kind if datamodule.dataset else None)
+    if is_first_process():
+        log.info(target.describe(config["max_epochs"]))
 
     if not config["fast_dev_run"]:
         needed = bytes_needed(model, config["best_weights_only"], bool(config["ema_decay"]))
@@ -93,7 +97,7 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
         check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
-    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals, hardware)
+    callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals, hardware, target)
     previous_env = os.environ.get(RUN_DIR_ENV)
     try:
         trainer = build_trainer(planned, hardware, callbacks, run_dir)
@@ -117,7 +121,7 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
             os.environ[RUN_DIR_ENV] = previous_env
 
 
-def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: CIFAR10DataModule,
+def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageDataModule,
                  callbacks: RunCallbacks, config: dict[str, Any], plan: ResumePlan | None,
                  signals: SignalGuard) -> int:
     graceful, summary = callbacks.graceful, callbacks.summary

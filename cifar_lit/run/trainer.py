@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from cifar_lit.data.datamodule import CIFAR10DataModule
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.plan import HardwarePlan
 from cifar_lit.phases import PhaseClock, PhaseTimer
 from cifar_lit.reliability.checkpoint_callbacks import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
@@ -28,7 +28,7 @@ from cifar_lit.reporting.summary import RunSummary
 from cifar_lit.run.config import ConfigRecord
 from cifar_lit.run.log_cadence import LogEveryEpoch
 from cifar_lit.run.progress import LossProgressBar
-from cifar_lit.run.stop_at_target import StopAtTarget
+from cifar_lit.run.stop_at_target import StopAtTarget, Target
 from cifar_lit.training.compile_warmup import CompileWarmup
 
 
@@ -66,9 +66,9 @@ class RunCallbacks:
         return [*self.before, *(callback for callback in own if callback is not None), *self.after]
 
 
-def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CIFAR10DataModule,
+def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: ImageDataModule,
                     command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
-                    hardware: HardwarePlan) -> RunCallbacks:
+                    hardware: HardwarePlan, target: Target) -> RunCallbacks:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -76,7 +76,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
     """
     timer = Timer(duration=None, verbose=False)
     guard = NonFiniteLossGuard(checkpoint_every_n_steps=config["ckpt_every_n_steps"])
-    callbacks = RunCallbacks(phases=PhaseTimer(clock), timer=timer, stop=StopAtTarget(config["target_acc"], timer),
+    callbacks = RunCallbacks(phases=PhaseTimer(clock), timer=timer, stop=StopAtTarget(target.value, timer),
                              guard=guard, cadence=LogEveryEpoch())
     if config["progress_bar"]:
         callbacks.progress = LossProgressBar(refresh_rate=10)
@@ -107,7 +107,8 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: CI
         callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.summary = RunSummary(config, command, commit, clock, timer, callbacks.stop, callbacks.best,
-                                   callbacks.history, callbacks.warmup, callbacks.skipped, hardware, run_dir)
+                                   callbacks.history, callbacks.warmup, callbacks.skipped, hardware,
+                                   (target.value, target.source), datamodule.class_names, run_dir)
     return callbacks
 
 

@@ -27,11 +27,14 @@ from cifar_lit.training.optim import Schedule, build_scheduler, build_sgd, scale
 log = logging.getLogger(__name__)
 
 
+TOP5_ABOVE_CLASSES = 10  # top-5 accuracy is reported for data sets with more classes than this
+
+
 class CIFARClassifier(pl.LightningModule):
-    """ResNet18 for CIFAR-10, trained with nesterov SGD and a per-step LR schedule.
+    """The CIFAR ResNet18 for any number of classes, trained with nesterov SGD and a per-step LR schedule.
 
     Args:
-        num_classes: output classes.
+        num_classes: output classes (the data set's; 10 for CIFAR-10).
         width: channels of the network's first stage (doubled in each later one). 64 is the ResNet18 this project
             trains, 11,173,962 parameters; narrower networks of the same shape are for quick tests.
         lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
@@ -104,9 +107,10 @@ class CIFARClassifier(pl.LightningModule):
         self.resumed_schedule_steps: int | None = None
 
     @staticmethod
-    def network_state(width: int) -> dict[str, torch.Tensor]:
-        """The state dict of a fresh module with a network of `width`: the shapes a checkpoint must match."""
-        return CIFARClassifier(width=width).state_dict()
+    def network_state(width: int, num_classes: int = 10) -> dict[str, torch.Tensor]:
+        """The state dict of a fresh module with a network of `width` and `num_classes` outputs: the shapes a
+        checkpoint must match."""
+        return CIFARClassifier(width=width, num_classes=num_classes).state_dict()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -171,7 +175,8 @@ class CIFARClassifier(pl.LightningModule):
         return self._evaluation_step(batch, "test")
 
     def _log_evaluation(self, stage: str) -> None:
-        """Log `<stage>/acc`, `<stage>/loss` (and `<stage>/acc_tta`) and keep the whole evaluation for figures."""
+        """Log `<stage>/acc`, `<stage>/loss` (and `<stage>/acc_tta`; `<stage>/acc_top5` above ten classes) and keep
+        the whole evaluation for figures."""
         metric = getattr(self, f"{stage}_sums")
         results = metric.compute()  # summed over all processes
         metric.reset()
@@ -179,6 +184,8 @@ class CIFARClassifier(pl.LightningModule):
         self.log(f"{stage}/loss", results["loss"])
         if self.hparams.flip_tta:
             self.log(f"{stage}/acc_tta", results["acc_tta"])
+        if self.hparams.num_classes > TOP5_ABOVE_CLASSES:
+            self.log(f"{stage}/acc_top5", results["acc_top5"])
         self.evaluation[stage] = results
 
     def on_validation_epoch_end(self) -> None:
