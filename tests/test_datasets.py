@@ -28,6 +28,7 @@ from cifar_lit.reporting.inference import load_trained_model
 from cifar_lit.reporting.plots import confusion_matrix_figure, per_class_accuracy_figure
 from cifar_lit.run.train import main as train
 
+
 @pytest.fixture(scope="module")
 def cifar100_copy(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar100"))

@@ -404,6 +404,16 @@ class ImageDataModule(pl.LightningDataModule):
         scale, shift = self.channel_constants(images.device)
         return self._normalize(images, scale, shift, self._input_dtype(), self.hparams.channels_last)
 
+    def preview_batch(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first `count` training images three ways, for looking at the augmentation: as stored (uint8 NHWC,
+        unpadded), and as the network receives them in the first training batch (augmented, normalized NCHW), with
+        their labels. Tensor path only."""
+        padded, labels = self._as_tensors("train")
+        padded, labels = padded[:count], labels[:count]
+        pad_by = self.hparams.crop_padding
+        stored = padded[:, pad_by : pad_by + IMAGE_SIZE, pad_by : pad_by + IMAGE_SIZE] if pad_by else padded
+        return stored, self.train_transform(padded, 0, 0), labels
+
     def example_batch(self, size: int, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A random uint8 batch of the shape the loaders yield (for compiling every shape ahead of training)."""
         side = IMAGE_SIZE + (2 * self.hparams.crop_padding if train else 0)

@@ -20,22 +20,27 @@ import yaml
 
 from cifar_lit.data.sources import NAMES, Split, open_dataset
 from cifar_lit.hardware.plan import single_device
+from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
 from cifar_lit.reporting.history import read_history_csv
 from cifar_lit.reporting.inference import (
     TrainedModel,
     evaluate_images,
     load_trained_model,
+    model_inputs,
     predict_probabilities,
     read_user_image,
     top_classes,
 )
+from cifar_lit.reporting.model_summary import write_model_summary
 from cifar_lit.reporting.plots import (
     accuracy_and_loss_figure,
     confusion_matrix_figure,
     curves_figure,
+    gradcam_grid_figure,
     per_class_accuracy_figure,
     prediction_grid_figure,
     save_figure,
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
     parser.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--gradcam-layer", default=DEFAULT_LAYER,
+                        help="layer of the Grad-CAM maps in the report (default: layer3; 'none' for no maps)")
     parser.add_argument("--gpus", type=int, default=None, help="0 for the CPU (default: a GPU when available)")
     return parser
 
@@ -92,7 +99,7 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
 
 
 def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.device, batch_size: int,
-                 tta: bool) -> dict[str, Any]:
+                 tta: bool, gradcam_layer: str | None = DEFAULT_LAYER) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
     test = evaluation_split(model, data_dir)
     classes = model.class_names
@@ -111,10 +118,17 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
                 out / "per_class_accuracy.png")
     for kind, mask in (("misclassified", predictions != test.labels), ("correct", predictions == test.labels)):
         chosen = spread_over_classes(test.labels, mask, GRID_IMAGES, len(classes))
-        figure = prediction_grid_figure(test.images[chosen] / 255.0, test.labels[chosen].tolist(),
-                                        predictions[chosen].tolist(), classes,
-                                        f"{kind.capitalize()} test images ({len(chosen)} shown, spread over classes)")
-        save_figure(figure, out / f"{kind}.png")
+        pictures, true, predicted = test.images[chosen] / 255.0, test.labels[chosen].tolist(), predictions[chosen]
+        title = f"{kind.capitalize()} test images ({len(chosen)} shown, spread over classes)"
+        save_figure(prediction_grid_figure(pictures, true, predicted.tolist(), classes, title), out / f"{kind}.png")
+        if gradcam_layer:
+            inputs = model_inputs(model, test.images[chosen], device)
+            cams = maps_for_predictions(model.module.model, inputs, torch.as_tensor(true),
+                                        torch.as_tensor(predicted), gradcam_layer)
+            save_figure(gradcam_grid_figure(pictures, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true,
+                                            predicted.tolist(), cams["confidence"].tolist(), classes,
+                                            f"Grad-CAM ({gradcam_layer}): {title}"), out / f"gradcam_{kind}.png")
+    write_model_summary(out, model.hparams.get("width", RESNET18_WIDTH), len(classes))
     run_dir = run_dir_of(checkpoint)
     curves = run_dir / "metrics.csv" if run_dir else None
     if curves is not None and curves.is_file():
@@ -155,6 +169,13 @@ def report_markdown(metrics: dict[str, Any], out: Path) -> str:
         "## Misclassified images", "", "![misclassified](misclassified.png)", "",
         "## Correctly classified images", "", "![correct](correct.png)", "",
     ]
+    if (out / "gradcam_misclassified.png").is_file():
+        lines += ["## Where the network looked (Grad-CAM)", "",
+                  "The maps of the predicted class, and beside them those of the true class where the prediction is "
+                  "wrong.", "", "![Grad-CAM, misclassified](gradcam_misclassified.png)", "",
+                  "![Grad-CAM, correct](gradcam_correct.png)", ""]
+    lines += ["## The network", "", "[model_summary.txt](model_summary.txt): layers, output shapes, parameters and "
+              "mult-adds.", ""]
     return "\n".join(lines)
 
 
@@ -220,7 +241,8 @@ def evaluate(argv: Sequence[str]) -> int:
     data_dir = args.data_dir or Path(run_config(args.ckpt).get("data_dir", "data"))
     run_dir = run_dir_of(args.ckpt)
     out = args.out or (run_dir / "report" if run_dir else Path(f"report-{args.ckpt.stem}"))
-    metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta)
+    layer = None if args.gradcam_layer in ("none", "") else args.gradcam_layer
+    metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta, layer)
     tta = f", {metrics['accuracy_flip_tta']:.2%} with flip TTA" if "accuracy_flip_tta" in metrics else ""
     top5 = f", top-5 {metrics['accuracy_top5']:.2%}" if "accuracy_top5" in metrics else ""
     print(f"Test accuracy {metrics['accuracy']:.2%}{top5} on {metrics['images']} images{tta}. Report: "

@@ -1,4 +1,5 @@
-"""Grids of misclassified and correctly classified images in TensorBoard and as PNGs in the run folder."""
+"""Grids of misclassified and correctly classified images, and the same images with their Grad-CAM maps, in
+TensorBoard and as PNGs in the run folder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
-from cifar_lit.reporting.plots import figure_to_array, prediction_grid_figure, save_figure, spread_over_classes
+from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
+from cifar_lit.reporting.plots import (
+    figure_to_array,
+    gradcam_grid_figure,
+    prediction_grid_figure,
+    save_figure,
+    spread_over_classes,
+)
 
 KINDS = ("misclassified", "correct")
 
@@ -29,16 +37,19 @@ def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
 class PredictionGrids(RunFolderCallback):
     """After validation (every `every_n_epochs`) and after testing, logs up to `max_images` misclassified and as many
     correctly classified images, de-normalized and captioned "true / pred", under the image tags
-    `<stage>/misclassified` and `<stage>/correct`. The test grids are also saved as misclassified.png and
-    correct.png in the run folder. Works with fewer than `max_images` of either kind; rank zero only."""
+    `<stage>/misclassified` and `<stage>/correct`, and (with `gradcam_layer`) the same images with their class
+    activation maps, `<stage>/gradcam_misclassified` and `<stage>/gradcam_correct`. The test grids are also saved as
+    misclassified.png, correct.png, gradcam_misclassified.png and gradcam_correct.png in the run folder. Works with
+    fewer than `max_images` of either kind; rank zero only; its time counts as the reports phase."""
 
     def __init__(self, class_names: Sequence[str], max_images: int = 30, every_n_epochs: int = 1,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, gradcam_layer: str | None = DEFAULT_LAYER) -> None:
         super().__init__(run_dir)
         self.class_names = tuple(class_names)
         self.max_images = max_images
         self.every_n_epochs = every_n_epochs
-        self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.gradcam_layer = gradcam_layer
+        self._collected: dict[str, list[tuple[torch.Tensor, ...]]] = {}
         self._active = False
 
     def _start(self, active: bool) -> None:
@@ -47,7 +58,7 @@ class PredictionGrids(RunFolderCallback):
         self._per_class = {kind: np.zeros(len(self.class_names), dtype=int) for kind in KINDS}
 
     def _count(self, kind: str) -> int:
-        return sum(len(labels) for _, labels, _ in self._collected[kind])
+        return sum(len(part[1]) for part in self._collected[kind])
 
     def _collect(self, trainer: pl.Trainer, outputs: Any, batch: Any) -> None:
         if not self._active or not isinstance(outputs, dict) or "preds" not in outputs:
@@ -64,32 +75,43 @@ class PredictionGrids(RunFolderCallback):
                 if len(chosen):
                     index = torch.as_tensor(chosen, device=images.device)
                     pictures = trainer.datamodule.denormalize(images[index])
-                    self._collected[kind].append((pictures.cpu(), labels[index].cpu(), preds[index].cpu()))
+                    self._collected[kind].append((pictures.cpu(), labels[index].cpu(), preds[index].cpu(),
+                                                  images[index].detach().clone()))
 
-    def _gathered(self, kind: str) -> tuple[np.ndarray, list[int], list[int]]:
+    def _gathered(self, kind: str) -> tuple[np.ndarray, list[int], list[int], torch.Tensor | None]:
         parts = self._collected[kind]
         if not parts:
-            return np.zeros((0, 32, 32, 3), dtype=np.float32), [], []
+            return np.zeros((0, 32, 32, 3), dtype=np.float32), [], [], None
         images = torch.cat([p[0] for p in parts]).permute(0, 2, 3, 1).float().numpy()
-        return images, torch.cat([p[1] for p in parts]).tolist(), torch.cat([p[2] for p in parts]).tolist()
+        inputs = torch.cat([p[3] for p in parts])
+        return images, torch.cat([p[1] for p in parts]).tolist(), torch.cat([p[2] for p in parts]).tolist(), inputs
 
-    def _publish(self, trainer: pl.Trainer, stage: str, save_png: bool) -> None:
+    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
         if self._active:
             with phase("reports"):
-                self._draw(trainer, stage, save_png)
+                self._draw(trainer, pl_module, stage, save_png)
         self._active = False
+        self._collected = {}
 
-    def _draw(self, trainer: pl.Trainer, stage: str, save_png: bool) -> None:
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
         writer = tensorboard_writer(trainer)
+        when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
         for kind in KINDS:
-            images, true, pred = self._gathered(kind)
-            when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
+            images, true, pred, inputs = self._gathered(kind)
             title = f"{kind.capitalize()} {stage} images ({len(true)} shown), {when}"
-            figure = prediction_grid_figure(images, true, pred, self.class_names, title)
-            if writer is not None:
-                writer.add_image(f"{stage}/{kind}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
-            if save_png:
-                save_figure(figure, self.run_dir / f"{kind}.png")
+            figures = {kind: prediction_grid_figure(images, true, pred, self.class_names, title)}
+            if self.gradcam_layer and inputs is not None:
+                cams = maps_for_predictions(pl_module.model, inputs, torch.tensor(true), torch.tensor(pred),
+                                            self.gradcam_layer)
+                figures[f"gradcam_{kind}"] = gradcam_grid_figure(
+                    images, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true, pred,
+                    cams["confidence"].tolist(), self.class_names, f"Grad-CAM ({self.gradcam_layer}): {title}")
+            for name, figure in figures.items():
+                if writer is not None:
+                    writer.add_image(f"{stage}/{name}", figure_to_array(figure), trainer.global_step,
+                                     dataformats="HWC")
+                if save_png:
+                    save_figure(figure, self.run_dir / f"{name}.png")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -100,7 +122,7 @@ class PredictionGrids(RunFolderCallback):
         self._collect(trainer, outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._publish(trainer, "val", save_png=False)
+        self._publish(trainer, pl_module, "val", save_png=False)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer.is_global_zero)
@@ -110,4 +132,4 @@ class PredictionGrids(RunFolderCallback):
         self._collect(trainer, outputs, batch)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._publish(trainer, "test", save_png=True)
+        self._publish(trainer, pl_module, "test", save_png=True)

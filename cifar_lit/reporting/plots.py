@@ -142,6 +142,91 @@ def prediction_grid_figure(
     return figure
 
 
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, title: str,
+                   lightning_suggested: float | None = None) -> Figure:
+    """The LR range test: smoothed training loss against the learning rate on a log axis, the suggestion marked."""
+    figure = new_figure(6.4, 4.2)
+    axis = figure.add_subplot()
+    axis.plot(lrs, losses, color=BLUE, linewidth=1.8, label="loss (smoothed)")
+    axis.set_xscale("log")
+    if suggested is not None:
+        axis.axvline(suggested, color=VERMILLION, linestyle="--", linewidth=1.4,
+                     label=f"suggested {suggested:.3g} (steepest in log LR)")
+    if lightning_suggested is not None:
+        axis.axvline(lightning_suggested, color=GREY, linestyle=":", linewidth=1.2,
+                     label=f"Lightning's {lightning_suggested:.3g} (slope in linear LR)")
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    if finite:
+        low, high = min(finite), np.percentile(finite, 95)
+        axis.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    axis.set_xlabel("learning rate (this run's global batch)", fontsize=11)
+    axis.set_ylabel("training loss", fontsize=11)
+    axis.set_title(title, fontsize=12)
+    axis.grid(True, which="both", alpha=0.25)
+    axis.legend(fontsize=9)
+    return figure
+
+
+def augmentation_figure(stored: np.ndarray, augmented: np.ndarray, labels: Sequence[int],
+                        class_names: Sequence[str], title: str) -> Figure:
+    """Training images as stored (top row of each pair) over the same images as the network receives them (the
+    augmented batch, de-normalized): (N, H, W, 3) arrays in [0, 1]."""
+    count = len(stored)
+    columns = max(1, min(8, count))
+    pairs = max(1, -(-count // columns))
+    figure = new_figure(1.3 * columns, 2.7 * pairs + 0.5)
+    figure.suptitle(title, fontsize=12)
+    for index in range(count):
+        pair, column = divmod(index, columns)
+        for offset, (pictures, caption) in enumerate(((stored, class_names[labels[index]]), (augmented, "augmented"))):
+            axis = figure.add_subplot(2 * pairs, columns, (2 * pair + offset) * columns + column + 1)
+            axis.axis("off")
+            axis.imshow(pictures[index], interpolation="nearest")
+            axis.set_title(caption, fontsize=8, color=GREY if offset else "black")
+    return figure
+
+
+def gradcam_grid_figure(
+    images: np.ndarray,
+    maps_predicted: np.ndarray,
+    maps_true: np.ndarray,
+    true_labels: Sequence[int],
+    predicted_labels: Sequence[int],
+    confidences: Sequence[float],
+    class_names: Sequence[str],
+    title: str,
+    opacity: float = 0.5,
+) -> Figure:
+    """Each image with its class-activation map laid over it, captioned "true / pred (confidence)"; where the
+    prediction is wrong, the map for the true class stands beside the one for the predicted class."""
+    count = len(images)
+    wrong = [true != pred for true, pred in zip(true_labels, predicted_labels, strict=True)]
+    panels = 2 if any(wrong) else 1
+    per_row = max(1, min(8 // panels, count))
+    rows = max(1, -(-count // per_row))
+    figure = new_figure(1.45 * per_row * panels, 1.85 * rows + 0.6)
+    figure.suptitle(title, fontsize=12)
+    grid = figure.add_gridspec(rows, per_row * panels)
+    for index in range(count):
+        row, column = divmod(index, per_row)
+        true_name, pred_name = class_names[true_labels[index]], class_names[predicted_labels[index]]
+        views = [(maps_predicted[index], f"pred: {pred_name} {confidences[index]:.0%}")]
+        if panels == 2:
+            views.append((maps_true[index], f"map of true: {true_name}") if wrong[index] else (None, ""))
+        for offset, (heat, caption) in enumerate(views):
+            axis = figure.add_subplot(grid[row, column * panels + offset])
+            axis.axis("off")
+            if heat is None:
+                continue
+            axis.imshow(images[index], interpolation="nearest")
+            axis.imshow(heat, cmap="inferno", alpha=opacity, vmin=0.0, vmax=1.0, interpolation="bilinear")
+            heading = f"true: {true_name}\n{caption}" if offset == 0 else caption
+            axis.set_title(heading, fontsize=8, color=VERMILLION if wrong[index] and offset == 0 else "black")
+    if count == 0:
+        figure.text(0.5, 0.5, "none", ha="center", va="center", fontsize=12, color=GREY)
+    return figure
+
+
 NUMBERED_CELLS_UP_TO = 20  # classes; above it the confusion matrix is a heat map and per-class bars are sorted
 CLASS_ROW_INCHES = 0.13  # per class above that: 9.4 points, room for a 6-point label
 LABEL_POINTS = 6

@@ -52,6 +52,7 @@ class RunSummary(RunFolderCallback):
         self.target, self.target_source = target
         self.class_names = tuple(class_names)
         self.facts: dict[str, Any] = {}
+        self.notes: dict[str, Any] = {}  # what the run did before fitting (e.g. the LR range test of --lr auto)
         self.summary: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,6 +113,7 @@ class RunSummary(RunFolderCallback):
             "command": self.command,
             "run_dir": str(self.run_dir),
             "config": self.config,
+            **self.notes,
         }
         write_text_atomic(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         self._log_hparams_view(trainer, summary)

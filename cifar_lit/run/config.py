@@ -55,6 +55,9 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("seed", int, 0, "seed for weights, data order and augmentation"),
     ("resume", Optional[str], None, "checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir"),
     ("fast_dev_run", bool, False, "run one batch of training, validation and test, write nothing, then stop"),
+    ("find_lr", bool, False, "run the LR range test (Lightning's Tuner.lr_find on a throwaway Trainer), write "
+                             "<logdir>/lr_find/lr_find.png and .json, print the suggested --lr, and stop"),
+    ("lr_find_steps", PositiveInt, 100, "steps of the LR range test"),
     ("dry_run", bool, False, "print the hardware plan (device, precision, compile, data placement, memory) and the "
                              "run folder, then exit without reading data, compiling or writing anything"),
     ("logdir", str, "lightning_logs", "folder of the runs (version_N/ with TensorBoard logs and checkpoints)"),
@@ -71,6 +74,8 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("grid_images", NonNegativeInt, 30,
      "images in each misclassified/correct grid, spread over the classes (0: no grids)"),
     ("grid_every_n_epochs", NonNegativeInt, 1, "log the validation grids every N epochs (0: only after testing)"),
+    ("gradcam_layer", Optional[str], "layer3",
+     "layer whose Grad-CAM maps are drawn over the grids' images (e.g. layer3, layer3.1, layer4; null: none)"),
     ("compile_cache", str, "~/.cache/cifar_lit/compile",
      "folder where torch.compile keeps its work between runs (a second run reuses it: a warm start); delete it to "
      "compile from scratch"),
@@ -102,6 +107,10 @@ def all_options() -> list[tuple[str, Any, Any, str]]:
     seen: dict[str, tuple[str, Any, Any, str]] = {}
     for option in list(RUN_OPTIONS) + [o for cls in CONFIGURED_CLASSES for o in _class_options(cls)]:
         seen.setdefault(option[0], option)
+    key, annotation, default, help_text = seen["lr"]
+    seen["lr"] = (key, Union[annotation, Literal["auto"]], default,
+                  f"{help_text.rstrip('.')}; auto: run the LR range test (--find-lr) first and train with its "
+                  "suggestion")
     for name in PLAN_DECIDES:
         key, annotation, _, help_text = seen[name]
         if "hardware plan" not in help_text:

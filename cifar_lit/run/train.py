@@ -43,9 +43,12 @@ from cifar_lit.reliability.run_folder import (
     remove_if_unused,
 )
 from cifar_lit.reliability.signals import Interrupted, SignalGuard, StopRequested
+from cifar_lit.reporting.gradcam import network_layer
 from cifar_lit.reporting.provenance import command_line, git_commit
 from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run.config import class_kwargs, parse_config
+from cifar_lit.run.lr_range_test import FOLDER as LR_FIND_FOLDER
+from cifar_lit.run.lr_range_test import RangeTest, run_range_test
 from cifar_lit.run.resume import ResumePlan, plan_resume, restore_callback_states
 from cifar_lit.run.stop_at_target import resolve_target
 from cifar_lit.run.trainer import RunCallbacks, build_callbacks, build_trainer
@@ -85,7 +88,15 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     datamodule = ImageDataModule(**class_kwargs(ImageDataModule, planned))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
     datamodule.setup("fit")
+    range_test = None
+    if config["find_lr"] or config["lr"] == "auto":
+        range_test = lr_range_test(planned, hardware, datamodule)
+        if config["find_lr"]:
+            return 0
+        config["lr"] = planned["lr"] = float(f"{range_test.suggested_flag_lr:.3g}")  # recorded in config.yaml
     model = CIFARClassifier(num_classes=len(datamodule.class_names), **class_kwargs(CIFARClassifier, planned))
+    if config["gradcam_layer"]:
+        network_layer(model.model, config["gradcam_layer"])  # a wrong name is refused now, not after training
     target = resolve_target(config["target_acc"], datamodule.dataset.kind if datamodule.dataset else None)
     if is_first_process():
         log.info(target.describe(config["max_epochs"]))
@@ -98,6 +109,8 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
     command = command_line(list(argv), "train.py")
     callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals, hardware, target)
+    if range_test is not None and callbacks.summary is not None:
+        callbacks.summary.notes["lr_range_test"] = range_test.as_record()
     previous_env = os.environ.get(RUN_DIR_ENV)
     try:
         trainer = build_trainer(planned, hardware, callbacks, run_dir)
@@ -161,6 +174,19 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
     if summary.summary is not None:
         print(closing_line(summary.summary))
     return 0
+
+
+def lr_range_test(planned: dict[str, Any], hardware: HardwarePlan, datamodule: ImageDataModule) -> RangeTest:
+    """Run the LR range test and print its suggestion; a sweep with no falling loss is a UserError."""
+    out = Path(planned["logdir"]) / LR_FIND_FOLDER
+    result = run_range_test(planned, hardware, datamodule, len(datamodule.class_names), out)
+    if result.suggested_flag_lr is None:
+        raise UserError(f"The LR range test ({result.steps} steps) found no falling loss to suggest an LR from (see "
+                        f"{out / 'lr_find.png'}). Give --lr a number, or more steps with --lr-find-steps.")
+    per = planned["lr_reference_batch_size"]
+    print(f"Suggested --lr: {result.suggested_flag_lr:.3g} (the peak LR per {per} images; "
+          f"{result.suggested_lr:.3g} at this run's batch of {result.global_batch}). Plot: {out / 'lr_find.png'}")
+    return result
 
 
 def is_first_process() -> bool:

@@ -24,6 +24,8 @@ from cifar_lit.reliability.signals import GracefulStop, SignalGuard
 from cifar_lit.reporting.figures import ConfusionFigures
 from cifar_lit.reporting.grids import PredictionGrids
 from cifar_lit.reporting.history import EpochHistory
+from cifar_lit.reporting.model_summary import ModelSummaryFile
+from cifar_lit.reporting.previews import AugmentationPreview
 from cifar_lit.reporting.summary import RunSummary
 from cifar_lit.run.config import ConfigRecord
 from cifar_lit.run.log_cadence import LogEveryEpoch
@@ -56,6 +58,8 @@ class RunCallbacks:
     last_steps: StepCheckpoint | None = None
     graceful: GracefulStop | None = None
     summary: RunSummary | None = None
+    model_summary: ModelSummaryFile | None = None
+    preview: AugmentationPreview | None = None
     warmup: CompileWarmup = field(default_factory=CompileWarmup)  # last: it compiles once the others have started
     before: list[Callback] = field(default_factory=list)
     after: list[Callback] = field(default_factory=list)
@@ -89,7 +93,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: Im
     callbacks.lr = LearningRateMonitor(logging_interval="step")
     callbacks.history = EpochHistory(run_dir)
     callbacks.grids = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
-                                      run_dir)
+                                      run_dir, config["gradcam_layer"])
     callbacks.figures = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
     callbacks.best = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -106,6 +110,8 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: Im
     if config["ckpt_every_n_steps"]:
         callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
+    callbacks.model_summary = ModelSummaryFile(run_dir)
+    callbacks.preview = AugmentationPreview()
     callbacks.summary = RunSummary(config, command, commit, clock, timer, callbacks.stop, callbacks.best,
                                    callbacks.history, callbacks.warmup, callbacks.skipped, hardware,
                                    (target.value, target.source), datamodule.class_names, run_dir)
@@ -117,6 +123,15 @@ def loss_scaler(device_type: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device_type)
 
 
+def precision_settings(hardware: HardwarePlan) -> tuple[str | None, list[Any]]:
+    """(Trainer's `precision`, precision plugins) for the plan's precision."""
+    if hardware.precision == "16-mixed":
+        # Lightning's own 16-mixed is refused on the CPU (it swaps in bf16); built here, the fp16 path with loss
+        # scaling is the same on every device, and the tests run it on the CPU.
+        return None, [MixedPrecision("16-mixed", hardware.accelerator, scaler=loss_scaler(hardware.accelerator))]
+    return hardware.precision, []
+
+
 def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: RunCallbacks,
                   run_dir: Path | None) -> pl.Trainer:
     """`config` as the hardware plan resolved it (`HardwarePlan.apply`)."""
@@ -125,13 +140,8 @@ def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: Run
         save_dir = run_dir.parent if run_dir is not None else Path(config["logdir"])
         logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
                                    default_hp_metric=False)
-    plugins: list[Any] = [OrderedAsyncCheckpointIO(AtomicCheckpointIO())]
-    precision: str | None = hardware.precision
-    if precision == "16-mixed":
-        # Lightning's own 16-mixed is refused on the CPU (it swaps in bf16); built here, the fp16 path with loss
-        # scaling is the same on every device, and the tests run it on the CPU.
-        plugins.append(MixedPrecision("16-mixed", hardware.accelerator, scaler=loss_scaler(hardware.accelerator)))
-        precision = None
+    precision, plugins = precision_settings(hardware)
+    plugins.append(OrderedAsyncCheckpointIO(AtomicCheckpointIO()))
     return pl.Trainer(
         accelerator=hardware.accelerator,
         devices=hardware.devices,

@@ -1,0 +1,35 @@
+"""What augmentation does to a batch: once per run, the first training images as stored beside the same images as
+the network receives them, through the real on-device augmentation path (tensor path only)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from cifar_lit.phases import phase
+from cifar_lit.reporting.grids import tensorboard_writer
+from cifar_lit.reporting.plots import augmentation_figure, figure_to_array
+
+PREVIEW_IMAGES = 16
+TAG = "train/augmented"
+
+
+class AugmentationPreview(pl.Callback):
+    """Logs `train/augmented` to TensorBoard when a run starts training from step 0 (rank zero, reports phase)."""
+
+    def __init__(self, count: int = PREVIEW_IMAGES) -> None:
+        self.count = count
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        writer = tensorboard_writer(trainer)
+        if writer is None or trainer.global_step != 0 or not trainer.is_global_zero or \
+                getattr(datamodule, "hparams", {}).get("data_path") != "tensor":
+            return
+        with phase("reports"), torch.no_grad():
+            stored, augmented, labels = datamodule.preview_batch(self.count)
+            seen = datamodule.denormalize(augmented).permute(0, 2, 3, 1).float().cpu().numpy()
+            figure = augmentation_figure(stored.float().div(255).cpu().numpy(), seen, labels.tolist(),
+                                         datamodule.class_names,
+                                         "Training images as stored (top) and as the network receives them")
+            writer.add_image(TAG, figure_to_array(figure), trainer.global_step, dataformats="HWC")
