@@ -1,0 +1,80 @@
+"""The pictures of the README's "see what the network sees": an LR range test and a short training run of the real
+ResNet18 on the JPEG copy of CIFAR-10, on whatever device is given (the README's come from 2 CPU cores).
+
+    python benchmarks/insight_run.py /path/to/cifar10-jpeg OUT [-- extra train.py flags]
+
+1. `train.py --find-lr` (100 steps at batch 128) writes lr_find.png and lr_find.json;
+2. `train.py --lr <its suggestion>` trains `--limit-train-batches 300` steps of one epoch at batch 128, then tests
+   the best checkpoint, which writes the Grad-CAM grids.
+The record `insight-<device>-<date>.json` in OUT holds both commands, the commit, versions, the suggestion and the
+accuracies; the pictures are copied into OUT.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cifar_lit.reporting.provenance import PROJECT_ROOT, device_description, git_commit, versions
+
+FLAGS = ["--gpus", "0", "--batch-size", "128", "--no-progress-bar"]
+PICTURES = ("gradcam_misclassified.png", "gradcam_correct.png", "misclassified.png", "model_summary.txt")
+
+
+def run(argv: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *argv], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT)
+    if result.returncode != 0:
+        sys.exit(f"train.py {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start, result.stdout
+
+
+def main() -> int:
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+    extra = [a for a in sys.argv[3:] if a != "--"]
+    logdir = out / "logs"
+    find = [*FLAGS, "--data-dir", str(data), "--logdir", str(logdir), "--find-lr", "--lr-find-steps", "100", *extra]
+    find_seconds, stdout = run(find)
+    suggested = float(re.search(r"Suggested --lr: ([0-9.e+-]+)", stdout).group(1))
+    train = [*FLAGS, "--data-dir", str(data), "--logdir", str(logdir), "--lr", f"{suggested:.3g}", "--max-epochs",
+             "1", "--limit-train-batches", "300", "--sanity-val-steps", "0", *extra]
+    train_seconds, _ = run(train)
+    run_dir = next(logdir.glob("version_*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PICTURES:
+        shutil.copy(run_dir / name, out / name)
+    shutil.copy(logdir / "lr_find" / "lr_find.png", out / "lr_find.png")
+    range_test = json.loads((logdir / "lr_find" / "lr_find.json").read_text())
+    record = {
+        "what": "LR range test, then 300 steps of the ResNet18 at batch 128 with the suggested LR, on the JPEG copy "
+                "of CIFAR-10; Grad-CAM grids of the best checkpoint's test",
+        "date": dt.date.today().isoformat(),
+        "device": summary["device"],
+        "commands": [" ".join(["python train.py", *find]), " ".join(["python train.py", *train])],
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "lr_range_test": {key: range_test[key] for key in ("suggested_lr", "suggested_flag_lr",
+                                                            "lightning_suggestion", "steps", "global_batch")},
+        "lr_range_test_wall_seconds": find_seconds,
+        "training_wall_seconds": train_seconds,
+        **{key: summary[key] for key in ("test_acc", "best_val_acc", "global_steps", "train_seconds",
+                                          "images_per_second", "phase_seconds")},
+    }
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_description("cpu") if "CPU" in record["device"]
+                  else record["device"]).strip("-").lower()
+    path = out / f"insight-{slug}-{record['date']}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"suggested --lr {suggested:.3g}; test accuracy {record['test_acc']:.4f}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
