@@ -28,13 +28,18 @@ def enospc() -> OSError:
 @pytest.mark.parametrize("error, expected", [
     (enospc(), True),
     (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), True),
-    (OSError(errno.EACCES, os.strerror(errno.EACCES)), False),
+    (OSError(errno.EACCES, os.strerror(errno.EACCES)), True),
+    (OSError(errno.EFBIG, os.strerror(errno.EFBIG)), True),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS)), True),
+    (OSError(errno.ENOENT, os.strerror(errno.ENOENT)), False),
     (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: "
                   "file write failed"), True),
     (RuntimeError("CUDA error: out of memory"), False),
 ])
-def test_out_of_space_is_recognised_however_it_surfaces(error, expected):
-    assert disk.is_out_of_space(error) is expected
+def test_write_failures_are_recognised_however_they_surface(error, expected):
+    """Out of space, out of quota, a file-size limit, a read-only file system, a missing permission; not a missing
+    file (a bug of ours, not the user's to fix) nor another runtime error."""
+    assert disk.is_write_failure(error) is expected
 
 
 def test_the_estimate_covers_the_checkpoints_at_their_real_size(tmp_path):

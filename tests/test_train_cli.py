@@ -141,7 +141,7 @@ def expect_clean_error(argv, capsys, logdir, *fragments):
     [
         ("--max-epochs", "0", "--max-epochs (config key 'max_epochs') is 0"),
         ("--target-acc", "0", "--target-acc (config key 'target_acc') is 0, but it must be a fraction in (0, 1]"),
-        ("--max-epochs", "x", "--max-epochs (config key 'max_epochs') is x, but it must be an integer >= 1"),
+        ("--max-epochs", "x", "--max-epochs (config key 'max_epochs') is x, but it must be an integer from 1 to 10000"),
         ("--limit-train-batches", "0", "is 0, but it must be an integer >= 1 (or null)"),
         ("--precision", "fp8", "must be one of bf16-mixed, 16-mixed"),
         ("--target-acc", "1.5", "fraction in (0, 1]"),

@@ -3,6 +3,7 @@ device."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -332,6 +333,10 @@ class ImageDataModule(pl.LightningDataModule):
             epoch_fn=self._current_epoch,
         )
 
+    def steps_per_epoch_for(self, world_size: int) -> int:
+        """Training steps per epoch when `world_size` processes share the training set (full batches only)."""
+        return len(self.splits["train"]) // world_size // self.hparams.batch_size
+
     def train_batches_per_epoch(self) -> int:
         """Training batches this rank takes per epoch: the length of the loader it will train on, whichever path."""
         return len(self._loader("train", train=True))
@@ -407,12 +412,15 @@ class ImageDataModule(pl.LightningDataModule):
     def preview_batch(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first `count` training images three ways, for looking at the augmentation: as stored (uint8 NHWC,
         unpadded), and as the network receives them in the first training batch (augmented, normalized NCHW), with
-        their labels. Tensor path only."""
+        their labels. Tensor path only; a whole training batch is augmented, so a compiled augmentation sees the
+        shape it was compiled for."""
         padded, labels = self._as_tensors("train")
+        padded, labels = padded[: self.hparams.batch_size], labels[: self.hparams.batch_size]
+        augmented = self.train_transform(padded, 0, 0)[:count]
         padded, labels = padded[:count], labels[:count]
         pad_by = self.hparams.crop_padding
         stored = padded[:, pad_by : pad_by + IMAGE_SIZE, pad_by : pad_by + IMAGE_SIZE] if pad_by else padded
-        return stored, self.train_transform(padded, 0, 0), labels
+        return stored, augmented, labels
 
     def example_batch(self, size: int, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A random uint8 batch of the shape the loaders yield (for compiling every shape ahead of training)."""
@@ -439,11 +447,24 @@ class ImageDataModule(pl.LightningDataModule):
         mean, std = self.channel_constants(images.device, kind="mean_std")
         return denormalize(images, mean, std)
 
+    def data_identity(self) -> tuple[dict[str, int], dict[str, str]]:
+        """(images per split, a fingerprint per split): what a resume checks the data against. The fingerprint
+        hashes every label and every 97th image, enough to tell another or a changed data set apart cheaply."""
+        sizes = {name: len(split) for name, split in self.splits.items()}
+        prints = {}
+        for name, split in self.splits.items():
+            digest = hashlib.sha256(np.ascontiguousarray(split.labels).tobytes())
+            digest.update(np.ascontiguousarray(split.images[::97]).tobytes())
+            prints[name] = digest.hexdigest()[:16]
+        return sizes, prints
+
     def state_dict(self) -> dict[str, Any]:
-        """The normalization and the class list in use, so a checkpoint alone is enough to evaluate or classify
-        images later."""
+        """The normalization, the class list and the data's identity, so a checkpoint alone is enough to evaluate or
+        classify images later, and a resume can tell whether the data changed."""
         kind = self.dataset.kind if self.dataset is not None else None
-        return {"mean": list(self.mean), "std": list(self.std), "class_names": list(self.class_names), "dataset": kind}
+        sizes, prints = self.data_identity() if self.splits else ({}, {})
+        return {"mean": list(self.mean), "std": list(self.std), "class_names": list(self.class_names), "dataset": kind,
+                "sizes": sizes, "fingerprints": prints}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mean = tuple(state_dict["mean"])

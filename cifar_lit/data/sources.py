@@ -74,8 +74,9 @@ def expected_image_counts(data_dir: Path) -> tuple[int, int]:
     return 50_000, 10_000
 
 
-def missing_data_message(data_dir: Path, dataset: str = "auto") -> str:
-    """The one-paragraph error for a data folder that holds no copy of the data set."""
+def missing_data_message(data_dir: Path, dataset: str = "auto", downloadable: bool = True) -> str:
+    """The one-paragraph error for a data folder that holds no copy of the data set (`downloadable`: the command
+    can fetch it, train.py's --download)."""
     wanted, others = ("CIFAR-100", "") if dataset == "cifar100" else ("CIFAR-10", " (nor CIFAR-100, nor an image "
                                                                                   "folder)")
     where = (f"{data_dir} does not exist" if not data_dir.exists()
@@ -83,8 +84,10 @@ def missing_data_message(data_dir: Path, dataset: str = "auto") -> str:
     folder = CIFAR100_FOLDER if dataset == "cifar100" else CIFAR10_FOLDER
     return (
         f"{where}: expected {data_dir / folder}/ (torchvision's format) or {data_dir}/train/<class>/ and "
-        f"{data_dir}/test/<class>/ (an image folder). Pass --download to fetch it with torchvision, or point "
-        "--data-dir at a local copy (for example the unpacked cifar10-jpeg folder)."
+        f"{data_dir}/test/<class>/ (an image folder). "
+        + ("Pass --download to fetch it with torchvision, or point" if downloadable else
+           "evaluate.py does not download (train.py --download does): point")
+        + " --data-dir at a local copy (for example the unpacked cifar10-jpeg folder)."
     )
 
 
@@ -212,12 +215,12 @@ class DataSet:
 
 
 def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine", cache_dir: Path | None = None,
-                 verify_checksums: bool = True, resize: bool = False) -> DataSet:
+                 verify_checksums: bool = True, resize: bool = False, downloadable: bool = True) -> DataSet:
     """The data set `dataset` means in `data_dir` ("auto": whatever it holds), with its class list."""
     data_dir = Path(data_dir)
     source = format_to_open(data_dir, dataset)
     if source is None:
-        raise DataError(missing_data_message(data_dir, dataset))
+        raise DataError(missing_data_message(data_dir, dataset, downloadable))
     if source == "cifar10":
         return DataSet("cifar10", data_dir, CIFAR10_CLASSES, source, {"verify_checksums": verify_checksums})
     if source == "cifar100":

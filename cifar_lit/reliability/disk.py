@@ -1,5 +1,6 @@
-"""Full disks: a check of the log folder's free space before training, and one clear error for a write that fails
-for lack of space, however it surfaces (an OSError from Python, a RuntimeError from torch's zip writer, an error
+"""Full disks and the other ways a write fails: a check of the log folder's free space before training, and one
+clear error for a write that fails for lack of space, a quota, a file-size limit, a read-only file system or a
+missing permission, however it surfaces (an OSError from Python, a RuntimeError from torch's zip writer, an error
 re-raised by TensorBoard's writer thread)."""
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from torch import nn
 from cifar_lit.reliability.errors import UserError
 
 OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# errno -> (what it means, what to do), for every write failure the user can fix
+WRITE_FAILURES = {
+    errno.ENOSPC: ("the disk is full", "Free space there or choose --logdir on a larger disk"),
+    errno.EDQUOT: ("the disk quota is used up", "Free space within your quota or choose --logdir elsewhere"),
+    errno.EFBIG: ("the file is larger than the file system or the process's file-size limit allows (ulimit -f)",
+                  "Raise the limit (ulimit -f unlimited) or choose --logdir on another file system"),
+    errno.EROFS: ("the file system is read-only", "Choose --logdir on a writable file system"),
+    errno.EACCES: ("permission denied", "Fix the folder's permissions or choose another --logdir"),
+    errno.EPERM: ("the operation is not permitted", "Fix the folder's permissions or choose another --logdir"),
+}
 # torch.save reports a failed write as "PytorchStreamWriter failed writing file ...: file write failed"
 TORCH_WRITE_FAILED = "file write failed"
 REPORTS_BYTES = 64 * 2**20  # a margin for TensorBoard events with image grids, figures, metrics.csv, summary
@@ -23,16 +34,17 @@ MB = 2**20
 
 
 class DiskFullError(UserError):
-    """A write failed because the disk (or the user's quota) is full."""
+    """A write failed for a reason the user can fix: a full disk or quota, a file-size limit, a read-only file
+    system, a missing permission."""
 
 
-def out_of_space_cause(error: BaseException | None) -> BaseException | None:
-    """The out-of-space error in `error`'s chain of causes (Lightning's TensorBoard logger re-raises any writer
-    error as a ValueError about unsupported values), or None."""
+def write_failure_cause(error: BaseException | None) -> BaseException | None:
+    """The fixable write failure (WRITE_FAILURES, or torch's "file write failed") in `error`'s chain of causes
+    (Lightning's TensorBoard logger re-raises any writer error as a ValueError about unsupported values), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
+        if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
             return error
         if isinstance(error, RuntimeError) and TORCH_WRITE_FAILED in str(error):
             return error
@@ -40,25 +52,28 @@ def out_of_space_cause(error: BaseException | None) -> BaseException | None:
     return None
 
 
-def is_out_of_space(error: BaseException) -> bool:
-    return out_of_space_cause(error) is not None
+def is_write_failure(error: BaseException) -> bool:
+    """Whether `error` is a write failure the user can fix (WRITE_FAILURES)."""
+    return write_failure_cause(error) is not None
 
 
 def disk_full_message(path: Path | str, error: BaseException) -> str:
+    number = error.errno if isinstance(error, OSError) else errno.ENOSPC  # torch's writer names no errno
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[-1]
-    return (f"Could not write {path}: the disk is full ({reason}). Files written before it (checkpoints, "
-            "metrics) are intact and no half-written file is left. Free space there or choose --logdir on a larger "
-            "disk, then resume with --resume last (or run again if no checkpoint was written).")
+    meaning, fix = WRITE_FAILURES.get(number, (reason, "Check that folder and its file system"))
+    return (f"Could not write {path}: {meaning} ({reason}). Files written before it (checkpoints, metrics) are "
+            f"intact and no half-written file is left. {fix}, then resume with --resume last (or run again if no "
+            "checkpoint was written).")
 
 
 @contextmanager
 def out_of_space_as_error(folder: Path | str) -> Iterator[None]:
-    """Turn a full disk met anywhere in the block (TensorBoard's writer thread re-raises its OSError on the next
-    log call, without a file name) into a DiskFullError naming the file, or `folder` when the error names none."""
+    """Turn a fixable write failure met anywhere in the block (TensorBoard's writer thread re-raises its OSError on
+    the next log call, without a file name) into a DiskFullError naming the file, or `folder` when it names none."""
     try:
         yield
     except Exception as error:
-        cause = out_of_space_cause(error)
+        cause = write_failure_cause(error)
         if cause is None or isinstance(error, UserError):  # already a clear message
             raise
         raise DiskFullError(disk_full_message(getattr(cause, "filename", None) or folder, cause)) from None

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from cifar_lit.reliability.disk import DiskFullError, disk_full_message, is_out_of_space
+from cifar_lit.reliability.disk import DiskFullError, disk_full_message, is_write_failure
 
 
 def temporary_path(path: Path) -> Path:
@@ -80,7 +80,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         with atomic_file(path) as handle:
             handle.write(data)
     except OSError as error:
-        if is_out_of_space(error):
+        if is_write_failure(error):
             raise DiskFullError(disk_full_message(path, error)) from None
         raise
     return Path(path)

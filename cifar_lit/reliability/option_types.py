@@ -14,32 +14,41 @@ from typing import Any, Literal, Union
 
 from jsonargparse.typing import (
     ClosedUnitInterval,
-    NonNegativeFloat,
     NonNegativeInt,
     OpenUnitInterval,
-    PositiveFloat,
     PositiveInt,
     restricted_number_type,
 )
 
+INFINITY = float("inf")
+# jsonargparse's PositiveFloat and NonNegativeFloat take .inf (and a YAML .inf is easy to write); these do not.
+PositiveFloat = restricted_number_type("FinitePositiveFloat", float, [(">", 0), ("<", INFINITY)],
+                                       docstring="A finite number > 0.")
+NonNegativeFloat = restricted_number_type("FiniteNonNegativeFloat", float, [(">=", 0), ("<", INFINITY)],
+                                          docstring="A finite number >= 0.")
 Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)],
                                   docstring="A fraction in (0, 1], e.g. 0.85 for 85%.")
 FractionBelowOne = restricted_number_type("FractionBelowOne", float, [(">=", 0), ("<", 1)],
                                           docstring="A number in [0, 1).")
+Seed = restricted_number_type("Seed", int, [(">=", 0), ("<=", 2**32 - 1)],
+                              docstring="A seed in [0, 2**32 - 1] (what numpy and Lightning's seed_everything take).")
+Epochs = restricted_number_type("Epochs", int, [(">=", 1), ("<=", 10_000)], docstring="Epochs, 1 to 10,000.")
 
 ALLOWED: dict[Any, str] = {
     PositiveInt: "an integer >= 1",
     NonNegativeInt: "an integer >= 0",
-    PositiveFloat: "a number > 0",
-    NonNegativeFloat: "a number >= 0",
+    PositiveFloat: "a finite number > 0",
+    NonNegativeFloat: "a finite number >= 0",
+    Seed: "an integer from 0 to 4294967295",
+    Epochs: "an integer from 1 to 10000",
     Fraction: "a fraction in (0, 1], e.g. 0.85 for 85%",
     FractionBelowOne: "a number in [0, 1)",
     ClosedUnitInterval: "a fraction in [0, 1]",
     OpenUnitInterval: "a number in (0, 1), e.g. 0.999",
 }
 
-__all__ = ["ALLOWED", "ClosedUnitInterval", "Fraction", "FractionBelowOne", "NonNegativeFloat", "NonNegativeInt",
-           "OpenUnitInterval", "PositiveFloat", "PositiveInt", "allowed_values", "plain"]
+__all__ = ["ALLOWED", "ClosedUnitInterval", "Epochs", "Fraction", "FractionBelowOne", "NonNegativeFloat",
+           "NonNegativeInt", "OpenUnitInterval", "PositiveFloat", "PositiveInt", "Seed", "allowed_values", "plain"]
 
 
 def allowed_values(annotation: Any) -> str | None:
@@ -51,8 +60,8 @@ def allowed_values(annotation: Any) -> str | None:
         return "one of " + ", ".join(str(arg) for arg in args)
     if origin in (Union, types.UnionType):
         described = [allowed_values(arg) for arg in args if arg is not type(None)]
-        if len(described) == 1 and described[0] is not None:
-            return described[0] + (" (or null)" if type(None) in args else "")
+        if described and all(part is not None for part in described):
+            return " or ".join(described) + (" (or null)" if type(None) in args else "")
     return None
 
 

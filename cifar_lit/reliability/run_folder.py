@@ -37,18 +37,22 @@ def next_version_dir(logdir: Path) -> Path:
             number += 1
 
 
-def check_writable(folder: Path, what: str = "the log folder", flag: str = "--logdir") -> None:
-    """Create `folder` if needed and write a file there, or raise a ConfigError naming it and `flag`."""
+def write_probe(folder: Path) -> None:
+    """Create `folder` if needed and write (then remove) a small file in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+
+
+def check_writable(folder: Path, what: str = "the log folder", flag: str = "--logdir",
+                   fix: str | None = None) -> None:
+    """Write a file in `folder` (created if needed), or raise a ConfigError naming it and the fix."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        write_probe(folder)
     except OSError as error:
-        raise ConfigError(
-            f"Cannot write to {what} {folder} ({error.strerror or error}). Choose a writable folder with "
-            f"{flag}, or fix its permissions / free some disk space."
-        ) from None
+        fix = fix or f"Choose a writable folder with {flag}, or fix its permissions / free some disk space."
+        raise ConfigError(f"Cannot write to {what} {folder} ({error.strerror or error}). {fix}") from None
 
 
 def launched_as_several_processes() -> bool:
@@ -64,8 +68,13 @@ def choose_run_dir(config: dict[str, Any], resumed_run_dir: Path | None) -> tupl
     check_writable(Path(config["logdir"]))
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV]), False
-    if resumed_run_dir is not None or launched_as_several_processes():
+    if resumed_run_dir is not None:
+        check_writable(resumed_run_dir / CHECKPOINT_FOLDER, "the resumed run's folder", fix=(
+            "A resume writes its checkpoints, logs and summary there: make it writable again (or copy the run "
+            "folder somewhere writable and resume from the copy's checkpoints/last.ckpt)."))
         return resumed_run_dir, False
+    if launched_as_several_processes():
+        return None, False
     return next_version_dir(Path(config["logdir"])), True
 
 

@@ -21,7 +21,7 @@ import yaml
 from cifar_lit.data.sources import NAMES, Split, open_dataset
 from cifar_lit.hardware.plan import single_device
 from cifar_lit.models.resnet import RESNET18_WIDTH
-from cifar_lit.reliability.checkpoints import run_dir_of
+from cifar_lit.reliability.checkpoints import checkpoint_file, run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
@@ -56,6 +56,20 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message}. Run `python evaluate.py --help` for the accepted flags.")
 
 
+def positive_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evaluate.py", description="Evaluate a cifar_lit checkpoint, classify images, or compare "
                                                      "runs.")
@@ -68,17 +82,53 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "was trained on)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
     parser.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="images per evaluation batch")
     parser.add_argument("--gradcam-layer", default=DEFAULT_LAYER,
                         help="layer of the Grad-CAM maps in the report (default: layer3; 'none' for no maps)")
-    parser.add_argument("--gpus", type=int, default=None, help="0 for the CPU (default: a GPU when available)")
+    parser.add_argument("--gpus", type=non_negative_int, default=None,
+                        help="0 for the CPU (default: a GPU when available)")
     return parser
 
 
 def run_config(checkpoint: Path) -> dict[str, Any]:
+    """The config.yaml of the checkpoint's run ({} when there is none); DataError naming it when it is damaged."""
     run_dir = run_dir_of(checkpoint)
     path = run_dir / "config.yaml" if run_dir else None
-    return yaml.safe_load(path.read_text()) if path and path.is_file() else {}
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
+        raise DataError(f"The run's configuration {path} is damaged ({' '.join(str(error).split())[:160]}). Give the "
+                        "data folder with --data-dir, or restore config.yaml.") from None
+    if not isinstance(config, dict):
+        raise DataError(f"The run's configuration {path} holds no mapping of options. Give the data folder with "
+                        "--data-dir, or restore config.yaml.")
+    return config
+
+
+def data_dir_of_run(checkpoint: Path) -> Path:
+    """The data folder the checkpoint's run trained on (config.yaml's `data_dir`), or ./data."""
+    config = run_config(checkpoint)
+    named = config.get("data_dir", "data")
+    path = Path(str(named)).expanduser()
+    if "data_dir" in config and not path.is_absolute() and not path.exists():
+        raise DataError(f"The run's config.yaml names the data folder {named!r}, relative to the folder train.py ran "
+                        f"in, and there is no {path.absolute()}. Give the data folder with --data-dir.")
+    return path
+
+
+def report_folder(args: argparse.Namespace) -> Path:
+    """--out, or <run>/report; refused when it names a file."""
+    run_dir = run_dir_of(args.ckpt)
+    return checked_folder(args.out or (run_dir / "report" if run_dir else Path(f"report-{args.ckpt.stem}")))
+
+
+def checked_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; the output is a folder of files. Give a folder (new or "
+                          "existing) to --out.")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -89,7 +139,8 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
     not the model's."""
     hparams = model.datamodule_hparams
     dataset = open_dataset(data_dir, hparams.get("dataset", "auto"), hparams.get("cifar100_labels", "fine"),
-                           verify_checksums=hparams.get("verify_checksums", True), resize=hparams.get("resize", False))
+                           verify_checksums=hparams.get("verify_checksums", True), resize=hparams.get("resize", False),
+                           downloadable=False)
     if dataset.class_names != model.class_names:
         raise DataError(
             f"The data in {data_dir} has the classes {', '.join(dataset.class_names)}, and the checkpoint was trained "
@@ -182,14 +233,29 @@ def report_markdown(metrics: dict[str, Any], out: Path) -> str:
 # -------------------------------------------------------------------------------------------------- compare
 
 
+COMPARED_KEYS = ("test_acc", "best_val_acc", "target_epoch", "target_seconds", "epochs_run", "train_seconds")
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise DataError(f"{run_dir} has no summary.json: give run folders (lightning_logs/version_N) of finished "
                         "train.py runs to --compare.")
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+        missing = [key for key in COMPARED_KEYS if key not in summary] if isinstance(summary, dict) else ["all"]
+    except (ValueError, OSError) as error:
+        raise DataError(f"{summary_path} is damaged ({error}); it cannot be compared. Resume the run to write it "
+                        "again (python train.py --resume <its last.ckpt>), or leave it out of --compare.") from None
+    if missing or not isinstance(summary.get("config"), dict):
+        raise DataError(f"{summary_path} lacks {', '.join(missing) or 'config'}: it was not written by train.py of "
+                        "this version. Leave it out of --compare, or resume the run to write it again.")
     history_path = run_dir / "metrics.csv"
-    summary["history"] = read_history_csv(history_path) if history_path.is_file() else []
+    try:
+        summary["history"] = read_history_csv(history_path) if history_path.is_file() else []
+    except (ValueError, OSError, KeyError) as error:
+        raise DataError(f"{history_path} is damaged ({error}); it cannot be plotted. Leave that run out of "
+                        "--compare, or delete the file to compare without its curve.") from None
     return summary
 
 
@@ -226,11 +292,12 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> str:
 def evaluate(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     if args.compare:
-        out = args.out or Path("comparison")
+        out = checked_folder(args.out or Path("comparison"))
         print(compare_runs(args.compare, out), end="")
         print(f"Wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
         return 0
     device = single_device(args.gpus)
+    checkpoint_file(args.ckpt, resuming=False)
     if args.images:
         model = load_trained_model(args.ckpt, device)
         images = np.stack([read_user_image(path) for path in args.images])
@@ -238,9 +305,8 @@ def evaluate(argv: Sequence[str]) -> int:
             ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities, model.class_names))
             print(f"{path}: {ranked}")
         return 0
-    data_dir = args.data_dir or Path(run_config(args.ckpt).get("data_dir", "data"))
-    run_dir = run_dir_of(args.ckpt)
-    out = args.out or (run_dir / "report" if run_dir else Path(f"report-{args.ckpt.stem}"))
+    out = report_folder(args)
+    data_dir = args.data_dir or data_dir_of_run(args.ckpt)
     layer = None if args.gradcam_layer in ("none", "") else args.gradcam_layer
     metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta, layer)
     tta = f", {metrics['accuracy_flip_tta']:.2%} with flip TTA" if "accuracy_flip_tta" in metrics else ""

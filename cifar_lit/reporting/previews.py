@@ -4,7 +4,6 @@ the network receives them, through the real on-device augmentation path (tensor 
 from __future__ import annotations
 
 import pytorch_lightning as pl
-import torch
 
 from cifar_lit.phases import phase
 from cifar_lit.reporting.grids import tensorboard_writer
@@ -26,7 +25,9 @@ class AugmentationPreview(pl.Callback):
         if writer is None or trainer.global_step != 0 or not trainer.is_global_zero or \
                 getattr(datamodule, "hparams", {}).get("data_path") != "tensor":
             return
-        with phase("reports"), torch.no_grad():
+        # Under the training loop's own grad mode: the compiled augmentation is guarded on it (no_grad here would
+        # compile it again); its uint8 input needs no gradient anyway.
+        with phase("reports"):
             stored, augmented, labels = datamodule.preview_batch(self.count)
             seen = datamodule.denormalize(augmented).permute(0, 2, 3, 1).float().cpu().numpy()
             figure = augmentation_figure(stored.float().div(255).cpu().numpy(), seen, labels.tolist(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +26,12 @@ from cifar_lit.hardware.plan import PLAN_DECIDES
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.option_types import (
+    Epochs,
     Fraction,
     NonNegativeInt,
     OpenUnitInterval,
     PositiveInt,
+    Seed,
     allowed_values,
     plain,
 )
@@ -47,12 +50,12 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("sync_batchnorm", bool, False, "with several devices, compute batch-norm statistics over the global batch"),
     ("precision", Optional[Precision], None, "numeric precision (default: the hardware plan decides: bf16-mixed where "
                                              "bf16 is native, 16-mixed on older GPUs, 32-true on the CPU)"),
-    ("max_epochs", PositiveInt, 10, "epochs at most; training stops earlier when --target-acc is reached"),
+    ("max_epochs", Epochs, 10, "epochs at most; training stops earlier when --target-acc is reached"),
     ("limit_train_batches", Optional[PositiveInt], None,
      "train on at most this many batches per epoch (quick checks)"),
     ("target_acc", Optional[Fraction], None, "stop as soon as validation accuracy reaches this fraction (default: "
                                              "0.85 on CIFAR-10; on other data sets the whole schedule runs)"),
-    ("seed", int, 0, "seed for weights, data order and augmentation"),
+    ("seed", Seed, 0, "seed for weights, data order and augmentation"),
     ("resume", Optional[str], None, "checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir"),
     ("fast_dev_run", bool, False, "run one batch of training, validation and test, write nothing, then stop"),
     ("find_lr", bool, False, "run the LR range test (Lightning's Tuner.lr_find on a throwaway Trainer), write "
@@ -161,17 +164,71 @@ def range_message(error_text: str) -> str | None:
     allowed = allowed_values(annotations[key.group(1)])
     if allowed is None:
         return None
-    name, given = key.group(1), next(group for group in value.groups() if group is not None)
+    name, given = key.group(1), next(group for group in value.groups() if group is not None).rstrip(".")
     return (f"{flag(name)} (config key '{name}') is {given}, but it must be {allowed}. Fix it on the command line or "
             "in the config file.")
 
 
+def config_files_first(argv: Sequence[str]) -> list[str]:
+    """`argv` with every `--config FILE` moved to the front, in their order: flags then override config files
+    wherever they stand on the command line (jsonargparse applies arguments left to right)."""
+    files, rest, arguments = [], [], list(argv)
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        if argument == "--config" and index + 1 < len(arguments):
+            files += arguments[index : index + 2]
+            index += 2
+            continue
+        (files if argument.startswith("--config=") else rest).append(argument)
+        index += 1
+    return files + rest
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Each --config file exists and is YAML, or a ConfigError naming it (jsonargparse would say '<unicode
+    string>' and no path)."""
+    for index, argument in enumerate(argv):
+        path = argv[index + 1] if argument == "--config" and index + 1 < len(argv) else \
+            argument.split("=", 1)[1] if argument.startswith("--config=") else None
+        if path is None:
+            continue
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"The config file {path} does not exist. Give the path of a YAML file, e.g. "
+                              "configs/default.yaml.") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"Cannot read the config file {path} ({error}). Give a readable YAML file.") from None
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"The config file {path} is not valid YAML{line}: {problem}. Fix the file (keys and "
+                              "values as `key: value`, one per line).") from None
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"The config file {path} holds a {type(content).__name__}, not a mapping of options. "
+                              "Write one `key: value` per line, e.g. max_epochs: 30.")
+
+
+def check_not_null(config: dict[str, Any]) -> None:
+    """A key set to null that cannot be null is refused (jsonargparse lets a YAML null through any type)."""
+    for name, annotation, _, _ in all_options():
+        optional = typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in typing.get_args(
+            annotation)
+        if config.get(name, "") is None and not optional and name != "config":
+            raise ConfigError(f"{flag(name)} (config key '{name}') is null, but it must be "
+                              f"{allowed_values(annotation) or 'set'}. Give it a value or leave the key out.")
+
+
 def parse_config(argv: Sequence[str]) -> dict[str, Any]:
-    """Flat dict of every option, config files and flags applied, each value checked against its type's range;
-    ConfigError on any problem."""
+    """Flat dict of every option, config files and flags applied (flags over files wherever they stand), each value
+    checked against its type's range; ConfigError on any problem."""
+    argv = config_files_first(argv)
+    check_config_files(argv)
     parser = build_parser()
     try:
-        namespace = parser.parse_args(list(argv))
+        namespace = parser.parse_args(argv)
     except Exception as error:  # jsonargparse raises ArgumentError (and others) for unknown keys and bad values
         message = " ".join(str(error).split())
         raise ConfigError(range_message(message) or (
@@ -180,6 +237,7 @@ def parse_config(argv: Sequence[str]) -> dict[str, Any]:
         )) from None
     config = {key: plain(value) for key, value in namespace.as_dict().items()}
     config["config"] = [str(path) for path in config.get("config") or []]
+    check_not_null(config)
     return config
 
 
@@ -190,11 +248,18 @@ def class_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConfigRecord(RunFolderCallback):
-    """Writes the fully resolved configuration to <run>/config.yaml (rank zero); resuming reads it back."""
+    """Writes the fully resolved configuration to <run>/config.yaml (rank zero); resuming reads it back. Checkpoints
+    carry it too (this callback's state), so a checkpoint copied out of its run folder still resumes as it ran."""
 
     def __init__(self, config: dict[str, Any], run_dir: Path | None = None) -> None:
         super().__init__(run_dir)
         self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": dict(self.config)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: a resumed run's configuration is chosen before the Trainer exists (run.resume)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

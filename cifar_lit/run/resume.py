@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pytorch_lightning.callbacks import Callback
 
+from cifar_lit.hardware.plan import explicit_options
 from cifar_lit.lightning_compat import epochs_completed
 from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import (
@@ -25,9 +28,9 @@ from cifar_lit.reliability.checkpoints import (
     load_checkpoint,
     run_dir_of,
 )
-from cifar_lit.reliability.errors import CheckpointError
+from cifar_lit.reliability.errors import CheckpointError, ConfigError, DataError
 from cifar_lit.reporting.summary import SUMMARY_NAME
-from cifar_lit.run.config import parse_config
+from cifar_lit.run.config import all_options, parse_config
 from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget, resolve_target
 from cifar_lit.training.module import CIFARClassifier
 
@@ -98,6 +101,74 @@ def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path:
     return None
 
 
+# What a resume takes from the flags of this process, never from the checkpoint's configuration.
+NOT_CARRIED = ("resume", "config", "logdir", "dry_run", "find_lr", "fast_dev_run")
+# Options a checkpoint's training state depends on: a resume with other values would train another network or
+# continue the data order at the wrong place.
+MUST_MATCH = {"width": "the network's shape", "batch_size": "where the data order continues"}
+
+
+def saved_configuration(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a checkpoint was trained with: the one it carries (ConfigRecord's state), or for older
+    checkpoints its model and data hyperparameters."""
+    carried = (callback_state(checkpoint, "ConfigRecord") or {}).get("config")
+    if isinstance(carried, dict):
+        return dict(carried)
+    return {**(checkpoint.get("datamodule_hyper_parameters") or {}), **(checkpoint.get("hyper_parameters") or {})}
+
+
+def config_from_checkpoint(checkpoint: dict[str, Any], path: Path, argv: Sequence[str]) -> dict[str, Any]:
+    """The config of a checkpoint that lies outside its run folder (no config.yaml beside it): the one it was
+    trained with, under this command line's flags; it then trains on in a new run folder."""
+    known = {name for name, *_ in all_options()}
+    saved = {key: value for key, value in saved_configuration(checkpoint).items()
+             if key in known and key not in NOT_CARRIED}
+    with tempfile.TemporaryDirectory(prefix="cifar_lit_resume_") as folder:
+        carried = Path(folder) / "config.yaml"
+        carried.write_text(yaml.safe_dump(saved, sort_keys=False))
+        config = parse_config(["--config", str(carried), *argv])
+    config["config"] = []
+    log.info("%s has no config.yaml beside it: resuming with the configuration the checkpoint carries, in a new "
+             "run folder under %s.", path, config["logdir"])
+    return config
+
+
+def check_matches_checkpoint(checkpoint: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose options contradict the checkpoint's training state, before anything is written."""
+    saved = saved_configuration(checkpoint)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    for key, why in MUST_MATCH.items():
+        trained = hparams.get(key, saved.get(key))
+        if key == "width" and trained is None:
+            trained = RESNET18_WIDTH
+        if trained is not None and config.get(key) != trained:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {config.get(key)} does not match {path}, trained with {key}={trained} "
+                f"({why} depends on it). Leave --{key.replace('_', '-')} out to resume as it was trained, or start a "
+                "new run without --resume."
+            )
+
+
+def check_resumed_data(checkpoint: dict[str, Any], classes: tuple[str, ...], sizes: dict[str, int],
+                       fingerprints: dict[str, str], path: Path, data_dir: Path) -> None:
+    """Refuse data that is not what the checkpoint was trained on (other classes, other images), before anything
+    in the run folder is touched."""
+    saved = datamodule_state(checkpoint)
+    trained_classes = tuple(saved.get("class_names") or ())
+    if trained_classes and trained_classes != tuple(classes):
+        raise DataError(f"The data in {data_dir} has the classes {', '.join(classes)}, and {path} was trained on "
+                        f"{', '.join(trained_classes)}. Resume with --data-dir of the data it was trained on.")
+    for split, size in (saved.get("sizes") or {}).items():
+        now, was = sizes.get(split), saved.get("fingerprints", {}).get(split)
+        if now != size or (was is not None and fingerprints.get(split) != was):
+            raise DataError(
+                f"The {split} images in {data_dir} changed since {path} was written ({size} images then, {now} now"
+                f"{'' if now != size else ', other content'}): the run's data order and validation would not "
+                "continue where they stopped. Restore the data folder as it was, or start a new run without "
+                "--resume."
+            )
+
+
 def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
     """The resume plan for `config["resume"]` ('last' or a path): the checkpoint is loaded safely and checked to be
     this project's network, and the run's own config.yaml is read back under the command-line flags."""
@@ -115,6 +186,11 @@ def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
     saved_config = run_dir / "config.yaml" if run_dir else None
     if saved_config is not None and saved_config.is_file():
         config = parse_config(["--config", str(saved_config), *argv])
+    else:
+        config = config_from_checkpoint(checkpoint, path, argv)
+    check_matches_checkpoint(checkpoint, config, path)
+    if "download" not in explicit_options(list(argv)):
+        config["download"] = False  # a resume finds its data, or says so; it never fetches a data set unasked
     for name in ignored_on_resume(checkpoint, config):
         log.warning("--%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.",
                     name.replace("_", "-"), name, checkpoint["hyper_parameters"][name])

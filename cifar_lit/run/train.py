@@ -32,7 +32,7 @@ from cifar_lit.lightning_compat import (
 from cifar_lit.phases import PhaseClock
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
 from cifar_lit.reliability.disk import bytes_needed, check_free_space, out_of_space_as_error
-from cifar_lit.reliability.errors import UserError
+from cifar_lit.reliability.errors import ConfigError, UserError
 from cifar_lit.reliability.non_finite import NonFiniteLoss
 from cifar_lit.reliability.run_folder import (
     RUN_DIR_ENV,
@@ -49,7 +49,7 @@ from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.run.lr_range_test import FOLDER as LR_FIND_FOLDER
 from cifar_lit.run.lr_range_test import RangeTest, run_range_test
-from cifar_lit.run.resume import ResumePlan, plan_resume, restore_callback_states
+from cifar_lit.run.resume import ResumePlan, check_resumed_data, plan_resume, restore_callback_states
 from cifar_lit.run.stop_at_target import resolve_target
 from cifar_lit.run.trainer import RunCallbacks, build_callbacks, build_trainer
 from cifar_lit.training.compile_cache import compile_cache
@@ -58,6 +58,7 @@ from cifar_lit.training.module import CIFARClassifier
 log = logging.getLogger("cifar_lit")
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
+LONG_WARMUP_EPOCHS = 20  # a warm-up longer than this usually means --max-epochs was meant for another schedule
 
 
 def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
@@ -72,6 +73,8 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
         log.info("Resuming from %s%s", plan.checkpoint_path,
                  ": training is complete, so only the test runs and the summary is written" if plan.test_only else "")
 
+    # Absolute, so that config.yaml names the same folder from wherever a resume or evaluate.py runs.
+    config["data_dir"] = str(Path(config["data_dir"]).expanduser().absolute())
     data_bytes = ImageDataModule.expected_device_bytes(config["data_dir"], config["crop_padding"])
     # Refuses what this machine cannot give (a missing GPU, a torch without kernels for it, --compile where Inductor
     # cannot work) before any download or run folder.
@@ -88,6 +91,10 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     datamodule = ImageDataModule(**class_kwargs(ImageDataModule, planned))
     datamodule.prepare_data()  # data problems surface here, before any run folder exists
     datamodule.setup("fit")
+    check_steps(datamodule, hardware, config)
+    if plan is not None:
+        check_resumed_data(plan.checkpoint, datamodule.class_names, *datamodule.data_identity(), plan.checkpoint_path,
+                           datamodule.data_dir)
     range_test = None
     if config["find_lr"] or config["lr"] == "auto":
         range_test = lr_range_test(planned, hardware, datamodule)
@@ -100,6 +107,11 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     target = resolve_target(config["target_acc"], datamodule.dataset.kind if datamodule.dataset else None)
     if is_first_process():
         log.info(target.describe(config["max_epochs"]))
+        warm_epochs = config["warmup_fraction"] * config["max_epochs"]
+        if target.value is not None and warm_epochs > LONG_WARMUP_EPOCHS:
+            log.warning("The LR warms up over %.0f epochs (--warmup-fraction %s of --max-epochs %d): the run may reach "
+                        "its target long before the LR peaks. Lower --max-epochs or --warmup-fraction.", warm_epochs,
+                        config["warmup_fraction"], config["max_epochs"])
 
     if not config["fast_dev_run"]:
         needed = bytes_needed(model, config["best_weights_only"], bool(config["ema_decay"]))
@@ -122,6 +134,10 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
         out_of_memory = out_of_memory_as_error(hardware.device, hardware.memory, planned)
         with caching, out_of_space_as_error(run_dir or config["logdir"]), out_of_memory:
             return fit_and_test(trainer, model, datamodule, callbacks, planned, plan, signals)
+    except NonFiniteLoss as bad:
+        folder = callbacks.graceful.run_dir if callbacks.graceful else run_dir
+        remove_if_unused(run_dir, created)
+        return non_finite_loss(bad, folder)
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
             stop.run_dir = callbacks.graceful.run_dir if callbacks.graceful else run_dir
@@ -146,8 +162,8 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=plan.checkpoint_path if plan else None,
                         weights_only=True)
-        except NonFiniteLoss as bad:
-            return non_finite_loss(bad, graceful.run_dir if graceful else None)
+        except NonFiniteLoss:
+            raise
         except BaseException as stop:
             if not (isinstance(stop, StopRequested) or is_lightning_sigterm(stop)):
                 raise
@@ -174,6 +190,20 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
     if summary.summary is not None:
         print(closing_line(summary.summary))
     return 0
+
+
+def check_steps(datamodule: ImageDataModule, hardware: HardwarePlan, config: dict[str, Any]) -> None:
+    """Refuse a run that would not train a single step (a batch larger than each process's share of the data)."""
+    if not isinstance(hardware.devices, int) or config["data_path"] != "tensor":
+        return
+    world = hardware.devices * config["num_nodes"]
+    if datamodule.steps_per_epoch_for(world) == 0:
+        share = len(datamodule.splits["train"]) // world
+        raise ConfigError(
+            f"--batch-size {config['batch_size']} is larger than the {share} training images each of the {world} "
+            f"process(es) gets (only full batches are trained), so no step would run. Use --batch-size {share} or "
+            "less, or more training images."
+        )
 
 
 def lr_range_test(planned: dict[str, Any], hardware: HardwarePlan, datamodule: ImageDataModule) -> RangeTest:
@@ -211,13 +241,15 @@ def dry_run_report(hardware: HardwarePlan, config: dict[str, Any], resumed_run_d
 
 def non_finite_loss(bad: NonFiniteLoss, run_dir: Path | None) -> int:
     last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
-    kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
-    print(
-        f"error: the training loss became NaN or infinite at step {bad.step} (epoch {bad.epoch + 1}); training "
-        f"stopped there and nothing was saved after it: {kept}. Lower --lr or use --precision 32-true, then "
-        "resume from that checkpoint.",
-        file=sys.stderr,
-    )
+    if last is not None and last.is_file():
+        then = (f"the last good checkpoint is {last}. Start again with a lower --lr (a resume keeps the optimizer's "
+                f"LR), or, if half precision overflowed, resume with: python train.py --resume {last} --precision "
+                "32-true")
+    else:
+        then = ("no checkpoint had been written, so there is nothing to resume and the run folder was removed. Run "
+                "again with a lower --lr, or with --precision 32-true")
+    print(f"error: the training loss became NaN or infinite at step {bad.step} (epoch {bad.epoch + 1}); training "
+          f"stopped there and nothing was saved after it: {then}.", file=sys.stderr)
     return EXIT_NON_FINITE
 
 
