@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "forget_threshold_stop",
     "hide_unactionable_messages",
     "is_lightning_sigterm",
+    "agree_on_stop_every_step",
     "keep_own_signal_handlers",
+    "signal_other_processes",
     "loss_scale",
     "on_last_batch_of_epoch",
     "queue_after_pending_saves",
@@ -115,6 +119,36 @@ def keep_own_signal_handlers(trainer: pl.Trainer, install: Callable[[], None]) -
         install()
 
     connector.register_signal_handlers = register_then_restore
+
+
+def agree_on_stop_every_step(trainer: pl.Trainer, stop_requested: Callable[[], bool]) -> None:
+    """With several processes, stop every rank at the same step boundary once any rank has noted a signal.
+
+    Lightning 2.6 stops a DDP run on SIGTERM in ways that can deadlock: its handler kills the other ranks and runs a
+    broadcast from inside the signal handler, and its loops then raise on the rank that received the signal alone
+    (`received_sigterm`, after a step, mid-validation) while the others wait in the next step's collective. Each
+    step already starts with a collective that only rank zero's flag decides (`training_epoch_loop.
+    _broadcast_sigterm_tensor`); this replaces it with an all-reduce of every rank's own flag, so all ranks raise
+    Lightning's SIGTERMException together, before the same step, and save and exit together. The project's own
+    handler notes the signal (`keep_own_signal_handlers` keeps Lightning's out) and `received_sigterm` is never set.
+    """
+    loop = trainer.fit_loop.epoch_loop
+
+    def all_ranks_agree() -> None:
+        flag = torch.tensor([1 if stop_requested() else 0], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() == 1:
+            raise SIGTERMException()
+
+    loop._broadcast_sigterm_tensor = all_ranks_agree
+
+
+def signal_other_processes(trainer: pl.Trainer, signum: int) -> None:
+    """Pass a signal that stopped rank zero at once on to the ranks Lightning's launcher started, so none waits
+    in a collective for a process that is gone (`strategy.launcher.kill`, public on the subprocess launcher)."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if isinstance(launcher, _SubprocessScriptLauncher):
+        launcher.kill(signum)
 
 
 def is_lightning_sigterm(exception: BaseException) -> bool:

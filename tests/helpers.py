@@ -1,10 +1,18 @@
-"""What several test modules share: the flags of a small, quick train.py run, and a way to add a callback to it."""
+"""What several test modules share: the flags of a small, quick train.py run, a way to add a callback to it, and
+train.py started as a separate process."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from cifar_lit.run import train as run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
 # accuracy within a few epochs with these settings on the CPU, in seconds.
@@ -27,3 +35,16 @@ def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
         return callbacks
 
     monkeypatch.setattr(run, "build_callbacks", build)
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(pattern)):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training never got there"
+        time.sleep(0.1)

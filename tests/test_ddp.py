@@ -122,3 +122,78 @@ def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
         module.trainer = FakeTrainer(rank, 7)
         module.setup("fit")
         assert module.train_batches_per_epoch() == len(list(module.train_dataloader()))
+
+
+RUNNER = Path(__file__).with_name("phase_hold_runner.py")
+EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "2", "--ckpt-every-n-epochs", "1"]
+# phase held on rank zero -> (HOLD_AFTER, global step of last.ckpt after the stop); 5 steps per epoch on each rank
+SIGNALLED = {"train": (None, 0), "validation": (None, 5), "checkpoints": ("validation", 5)}
+
+
+def ddp_processes(marker: str) -> list[int]:
+    """Processes whose command line names `marker` (a test's unique log folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def final_weights(logdir: Path) -> dict:
+    (run_dir,) = sorted(logdir.glob("version_*"))
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(odd_folder, tmp_path_factory) -> dict:
+    logdir = tmp_path_factory.mktemp("ddp_whole") / "logs"
+    result = subprocess.run([sys.executable, "train.py", *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_weights(logdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(SIGNALLED))
+def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_exactly(phase, odd_folder, tmp_path,
+                                                                                       uninterrupted_ddp):
+    import os
+    import signal
+    import time
+
+    logdir = tmp_path / "logs"
+    after, step = SIGNALLED[phase]
+    env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
+    process = subprocess.Popen([sys.executable, str(RUNNER), *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith(f"entered {phase}"):
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            break
+    lines += process.stderr.readlines()
+    code = process.wait(timeout=120)
+    err = "".join(lines)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert time.monotonic() - signalled < 60, "every rank stops within a minute"
+    deadline = time.monotonic() + 20
+    while ddp_processes(str(logdir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ddp_processes(str(logdir)) == [], "no rank is left behind"
+    assert err.count("Stopped by signal 15") >= 1 and "Traceback" not in err, err[-3000:]
+    (run_dir,) = sorted(logdir.glob("version_*"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == step
+    resumed = subprocess.run([sys.executable, "train.py", *ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume",
+                              str(last)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = final_weights(logdir)
+    assert final["global_step"] == uninterrupted_ddp["global_step"] == 10
+    for key, value in uninterrupted_ddp["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), f"{key} differs from the uninterrupted run"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import TINY_FLAGS, with_extra_callback
+from helpers import TINY_FLAGS, start_training, wait_for, with_extra_callback
 
 from cifar_lit.reliability import checkpoints
 from cifar_lit.reporting.evaluate import main as evaluate
@@ -60,19 +60,6 @@ class SignalAtStep(pl.Callback):
 
 
 # ------------------------------------------------------------------------------------------------- exact resume
-
-
-def start_training(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "training never got there"
-        time.sleep(0.1)
 
 
 def assert_same_run(expected_dir: Path, resumed_dir: Path) -> None:

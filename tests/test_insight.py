@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reporting.gradcam import class_activation_maps, maps_for_predictions, network_layer
 from cifar_lit.reporting.model_summary import model_summary_text
-from cifar_lit.run.lr_range_test import KeepGroupRatios, steepest_descent_lr
+from cifar_lit.run.lr_range_test import keep_group_ratios, smoothed, steepest_descent_lr
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_sgd
@@ -83,6 +83,14 @@ def test_the_lr_suggestion_is_the_steepest_point_in_log_lr():
     suggested = steepest_descent_lr(lrs, losses)
     assert suggested == pytest.approx(steepest, rel=0.15)
     assert steepest_descent_lr(lrs[:12], np.full(12, np.nan)) is None
+    diverged = np.concatenate([losses, np.linspace(losses[-1], 6.0, 30)[1:], np.linspace(6.0, 4.0, 40)])
+    wide = np.logspace(-4, 3, len(diverged))
+    assert steepest_descent_lr(wide, diverged) < wide[len(losses)], "the fall after divergence is not a suggestion"
+
+
+def test_the_smoothing_starts_at_the_first_loss_not_half_of_it():
+    curve = smoothed(np.array([2.3, 2.3, 2.3, float("nan"), 2.3]))
+    assert np.allclose(curve[[0, 1, 2, 4]], 2.3) and np.isnan(curve[3])
 
 
 def test_the_norm_bias_group_keeps_its_lr_ratio_during_the_sweep():
@@ -91,10 +99,7 @@ def test_the_norm_bias_group_keeps_its_lr_ratio_during_the_sweep():
     for group in optimizer.param_groups:
         group["lr"] = 0.02  # what Lightning's sweep sets every group to
 
-    class FakeTrainer:
-        optimizers = [optimizer]
-
-    KeepGroupRatios([1.0, 0.5]).on_train_batch_start(FakeTrainer(), None, None, 0)
+    keep_group_ratios(optimizer.param_groups, [1.0, 0.5])
     assert [group["lr"] for group in optimizer.param_groups] == [0.02, 0.01]
 
 
@@ -108,11 +113,15 @@ def test_the_model_summary_counts_the_resnet18():
 def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_path, capsys):
     logdir = tmp_path / "logs"
     assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--find-lr",
-                 "--lr-find-steps", "30"]) == 0
+                 "--lr-find-steps", "30", "--norm-bias-lr-scale", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "Suggested --lr: " in out
     record = json.loads((logdir / "lr_find" / "lr_find.json").read_text())
-    assert len(record["lrs"]) == len(record["losses"]) == 30 and record["suggested_lr"] in record["lrs"]
+    assert len(record["lrs"]) == len(record["losses"]) == len(record["raw_losses"]) == 30
+    assert record["suggested_lr"] in record["lrs"]
+    assert record["losses"][0] == pytest.approx(record["raw_losses"][0]), "smoothing starts at the first loss"
+    assert all(norm_bias == pytest.approx(0.5 * weights) for weights, norm_bias in record["group_lrs"])
+    assert record["group_lrs"][-1][0] > 100 * record["group_lrs"][0][0], "the sweep raised the LR"
     assert record["suggested_flag_lr"] == pytest.approx(record["suggested_lr"] * 30 / 30)
     assert f"{record['suggested_flag_lr']:.3g}" in out
     assert (logdir / "lr_find" / "lr_find.png").stat().st_size > 10_000

@@ -3,8 +3,13 @@ written there, removed when a failed start left it empty, and known to every cal
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,9 @@ from pytorch_lightning.callbacks import Callback
 
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER
 from cifar_lit.reliability.errors import ConfigError
+from cifar_lit.reliability.files import process_alive
 
+log = logging.getLogger("cifar_lit")
 RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
 
 
@@ -95,3 +102,101 @@ class RunFolderCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.run_dir is None and trainer.log_dir:
             self.run_dir = Path(trainer.log_dir)
+
+
+LOCK_NAME = ".owner.lock"
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process `pid` started, as the kernel counts it (Linux: /proc/<pid>/stat), to tell a live owner from a
+    new process that got its pid; None where the system does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name in parentheses
+
+
+class RunFolderBusy(ConfigError):
+    """Another trainer owns the run folder."""
+
+
+class RunFolderLock:
+    """One trainer per run folder: `<run>/.owner.lock`, created with O_CREAT | O_EXCL (atomic on local disks and on
+    NFS v3 and later) and holding the owner's pid, host, start time and command.
+
+    A second trainer meets it with a RunFolderBusy naming the owner. A lock whose owner is gone (killed with
+    SIGKILL, a crash) is stale: on the same host that is told by the pid (and its start time, where the kernel says),
+    and the lock is taken over with a warning. A lock from another host is never taken over: that process cannot be
+    seen from here, so the message says how to remove the lock by hand once that run is known to be gone.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    def owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def is_stale(self, owner: dict[str, Any] | None) -> bool:
+        if owner is None:  # unreadable: a writer killed between creating and filling it, or not ours
+            return True
+        if owner.get("host") != socket.gethostname():
+            return False
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or not process_alive(pid):
+            return True
+        started = owner.get("started_ticks")
+        return started is not None and process_start_time(pid) not in (None, started)
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                if owner is None:
+                    time.sleep(0.2)  # perhaps being written right now
+                    owner = self.owner()
+                if not self.is_stale(owner):
+                    raise RunFolderBusy(busy_message(self.path, owner)) from None
+                log.warning("%s was left by a trainer that no longer runs (%s); this run takes it over.", self.path,
+                            describe_owner(owner))
+                self.path.unlink(missing_ok=True)
+                continue
+            record = {"pid": os.getpid(), "host": socket.gethostname(), "started_ticks": process_start_time(
+                os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(json.dumps(record))
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.held = True
+            return
+        raise RunFolderBusy(busy_message(self.path, self.owner()))
+
+    def release(self) -> None:
+        if self.held:
+            owner = self.owner()
+            if owner is None or owner.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    if owner is None:
+        return "an unreadable lock"
+    return f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}: {owner.get('command')}"
+
+
+def busy_message(path: Path, owner: dict[str, Any] | None) -> str:
+    here = owner is not None and owner.get("host") == socket.gethostname()
+    stop = (f"Wait for it to finish, or stop it with kill -TERM {owner.get('pid')} (it saves last.ckpt first) and "
+            "resume then." if here else "Wait for it to finish, or stop it on its host, and resume then.")
+    return (f"The run folder {path.parent} is in use by another trainer ({describe_owner(owner)}). Two trainers in "
+            f"one run folder would overwrite each other's checkpoints and logs. {stop} If that process is known to "
+            f"be gone{'' if here else ' (it ran on another host, which cannot be checked from here)'}, delete {path}.")

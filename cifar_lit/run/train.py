@@ -24,10 +24,12 @@ from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.memory import out_of_memory_as_error
 from cifar_lit.hardware.plan import HardwarePlan, explicit_options, plan_hardware
 from cifar_lit.lightning_compat import (
+    agree_on_stop_every_step,
     epochs_completed,
     hide_unactionable_messages,
     is_lightning_sigterm,
     keep_own_signal_handlers,
+    signal_other_processes,
 )
 from cifar_lit.phases import PhaseClock
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME
@@ -36,6 +38,7 @@ from cifar_lit.reliability.errors import ConfigError, UserError
 from cifar_lit.reliability.non_finite import NonFiniteLoss
 from cifar_lit.reliability.run_folder import (
     RUN_DIR_ENV,
+    RunFolderLock,
     check_writable,
     choose_run_dir,
     launched_as_several_processes,
@@ -124,10 +127,15 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     if range_test is not None and callbacks.summary is not None:
         callbacks.summary.notes["lr_range_test"] = range_test.as_record()
     previous_env = os.environ.get(RUN_DIR_ENV)
+    trainer = None
+    owner = RunFolderLock(run_dir) if run_dir is not None and created_or_resumed_here(created) else None
     try:
+        if owner is not None:
+            owner.acquire()
         trainer = build_trainer(planned, hardware, callbacks, run_dir)
-        if trainer.world_size == 1:
-            keep_own_signal_handlers(trainer, signals.install)
+        keep_own_signal_handlers(trainer, signals.install)
+        if trainer.world_size > 1:
+            agree_on_stop_every_step(trainer, lambda: signals.signum is not None)
         if run_dir is not None:
             os.environ[RUN_DIR_ENV] = str(run_dir)
         caching = compile_cache(config["compile_cache"]) if planned["compile"] else contextlib.nullcontext()
@@ -141,9 +149,13 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     except (UserError, Interrupted) as stop:
         if isinstance(stop, Interrupted):
             stop.run_dir = callbacks.graceful.run_dir if callbacks.graceful else run_dir
+            if trainer is not None and trainer.world_size > 1:
+                signal_other_processes(trainer, stop.signum)
         remove_if_unused(run_dir, created)
         raise
     finally:
+        if owner is not None:
+            owner.release()
         if previous_env is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
@@ -190,6 +202,12 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
     if summary.summary is not None:
         print(closing_line(summary.summary))
     return 0
+
+
+def created_or_resumed_here(created: bool) -> bool:
+    """Whether this process owns its run folder: it made it, or resumes into it; not a DDP worker that Lightning's
+    launcher started (its launcher owns the folder, RUN_DIR_ENV names it)."""
+    return created or not os.environ.get(RUN_DIR_ENV)
 
 
 def check_steps(datamodule: ImageDataModule, hardware: HardwarePlan, config: dict[str, Any]) -> None:
