@@ -24,6 +24,7 @@ from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import checkpoint_file, run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reporting.export_app import write_app_folder
 from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
 from cifar_lit.reporting.history import read_history_csv
 from cifar_lit.reporting.inference import (
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "was trained on)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
     parser.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
+    parser.add_argument("--export-app", type=Path, metavar="DIR",
+                        help="write the web demo of --ckpt into DIR, a folder that runs without cifar_lit (the layout "
+                             "of a Hugging Face Space: app.py, requirements.txt, weights, examples, README card)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per evaluation batch")
     parser.add_argument("--gradcam-layer", default=DEFAULT_LAYER,
                         help="layer of the Grad-CAM maps in the report (default: layer3; 'none' for no maps)")
@@ -298,6 +302,8 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     device = single_device(args.gpus)
     checkpoint_file(args.ckpt, resuming=False)
+    if args.export_app:
+        return export_app(args, device)
     if args.images:
         model = load_trained_model(args.ckpt, device)
         images = np.stack([read_user_image(path) for path in args.images])
@@ -313,6 +319,17 @@ def evaluate(argv: Sequence[str]) -> int:
     top5 = f", top-5 {metrics['accuracy_top5']:.2%}" if "accuracy_top5" in metrics else ""
     print(f"Test accuracy {metrics['accuracy']:.2%}{top5} on {metrics['images']} images{tta}. Report: "
           f"{out / 'report.md'}")
+    return 0
+
+
+def export_app(args: argparse.Namespace, device: torch.device) -> int:
+    out = checked_folder(args.export_app)
+    model = load_trained_model(args.ckpt, device)
+    data_dir = args.data_dir or data_dir_of_run(args.ckpt)
+    test = evaluation_split(model, data_dir) if data_dir.exists() else None
+    write_app_folder(out, args.ckpt, test, device, model)
+    gallery = "" if test is not None else f" (no examples or gallery: {data_dir} is not there; give --data-dir)"
+    print(f"Wrote the web demo to {out}{gallery}. Run it with: cd {out} && python app.py")
     return 0
 
 

@@ -1,0 +1,214 @@
+"""The web demo as a person uses it: served on 127.0.0.1 in a separate process and driven with gradio_client, the
+exported folder run from a copy without cifar_lit, and (slow) the page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, TINY_FLAGS
+from PIL import Image
+
+from cifar_lit.reporting.evaluate import main as evaluate
+from cifar_lit.reporting.inference import load_trained_model, predict_probabilities
+from cifar_lit.run.train import main as train
+
+gradio_client = pytest.importorskip("gradio_client")
+OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(image_folder_master, tmp_path_factory) -> dict:
+    """A narrow network trained on the colour-coded set, its best checkpoint, and a test image it gets right."""
+    root = tmp_path_factory.mktemp("app")
+    data = Path(shutil.copytree(image_folder_master, root / "data"))
+    assert train([*TINY_FLAGS, "--data-dir", str(data), "--logdir", str(root / "logs"), "--max-epochs", "3",
+                  "--target-acc", "1.0"]) == 0
+    best = next((root / "logs").glob("version_*/checkpoints/best-*.ckpt"))
+    model = load_trained_model(best)
+    for path in sorted((data / "test").glob("*/*.png")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        probabilities = predict_probabilities(model, image[None])[0]
+        if model.class_names[int(probabilities.argmax())] == path.parent.name and probabilities.max() > 0.5:
+            return {"best": best, "data": data, "image": path, "label": path.parent.name, "root": root}
+    pytest.fail("the trained network classified no test image right")
+
+
+def serve(command: list[str], cwd: Path, port: int, env: dict | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **OFFLINE, **(env or {})})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail("the app did not start")
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"the server did not stop on Ctrl-C:\n{output}")
+    return output
+
+
+@pytest.fixture(scope="module")
+def app(trained):
+    port = free_port()
+    process = serve([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port),
+                     "--gpus", "0"], ROOT, port)
+    yield {"url": f"http://127.0.0.1:{port}/", "process": process}
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_the_app_gives_a_known_image_its_class_and_explains_a_corrupt_upload(app, trained, tmp_path):
+    client = gradio_client.Client(app["url"], verbose=False)
+    top, overlays, table, status = client.predict([gradio_client.handle_file(str(trained["image"]))], 3, 0.5,
+                                                  "layer3", api_name="/classify")
+    assert top["label"] == trained["label"] and len(top["confidences"]) == 3
+    assert len(overlays) == 1 and trained["label"] in overlays[0]["caption"] and "Classified 1 image" in status
+    assert table.count("\n") == 2 and "top 3" in table
+    broken = tmp_path / "photo.png"
+    broken.write_text("certainly not a PNG")
+    top, overlays, _, status = client.predict([gradio_client.handle_file(str(broken)),
+                                               gradio_client.handle_file(str(trained["image"]))], 10, 0.3, "layer4",
+                                              api_name="/classify")
+    assert "photo.png is not an image that can be read" in status and "Traceback" not in status
+    assert top["label"] == trained["label"] and len(top["confidences"]) == 10, "the good image is still classified"
+
+
+@pytest.mark.slow
+def test_the_server_stops_cleanly_on_ctrl_c(app):
+    output = stop(app["process"])
+    assert "Traceback" not in output and "Keyboard interruption" in output
+
+
+@pytest.mark.slow
+def test_the_app_refuses_a_hostile_checkpoint_as_evaluate_does(tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, crafted)
+    result = subprocess.run([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(crafted), "--gpus", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE})
+    assert result.returncode == 2 and result.stderr.startswith("error: Refusing to load") and not marker.exists()
+    assert evaluate(["--ckpt", str(crafted), "--gpus", "0"]) == 2
+    assert capsys.readouterr().err.strip() == result.stderr.strip(), "the same message as evaluate.py"
+
+
+@pytest.fixture(scope="module")
+def exported(trained) -> Path:
+    out = trained["root"] / "space"
+    assert evaluate(["--ckpt", str(trained["best"]), "--gpus", "0", "--export-app", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_the_export_has_what_a_space_needs(exported):
+    for name in ("app.py", "demo.py", "resnet.py", "requirements.txt", "README.md", "model.pt", "bundle.json"):
+        assert (exported / name).is_file(), name
+    card = (exported / "README.md").read_text()
+    assert card.startswith("---\n") and "sdk: gradio" in card and "app_file: app.py" in card and "Test accuracy" in card
+    weights = torch.load(exported / "model.pt", weights_only=True)
+    assert all(not key.startswith("model.") for key in weights) and "linear.weight" in weights
+    meta = json.loads((exported / "bundle.json").read_text())
+    assert len(meta["examples"]) == 10 and meta["gallery"] and len(meta["class_names"]) == 10
+    assert "gradio==" in (exported / "requirements.txt").read_text()
+    assert "launch(demo)" in (exported / "app.py").read_text()
+
+
+@pytest.mark.slow
+def test_the_exported_app_runs_from_a_copy_without_cifar_lit(exported, trained, tmp_path):
+    copy = Path(shutil.copytree(exported, tmp_path / "space"))
+    port = free_port()
+    no_package = ("import runpy, sys; sys.modules['cifar_lit'] = None; sys.argv = ['app.py']; "
+                  "runpy.run_path('app.py', run_name='__main__')")
+    process = serve([sys.executable, "-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port),
+                                                                      "PYTHONPATH": ""})
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        top, *_ = client.predict([gradio_client.handle_file(str(trained["image"]))], 1, 0.5, "layer3",
+                                 api_name="/classify")
+        assert top["label"] == trained["label"]
+    finally:
+        output = stop(process)
+    assert "ModuleNotFoundError" not in output and "Traceback" not in output, output
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser_classifies_an_upload_and_asks_nothing_of_the_internet(trained, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    port = free_port()
+    process = serve([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port),
+                     "--gpus", "0", "--data-dir", str(trained["data"])], ROOT, port)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 60)
+        upload = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR,
+                                                                              "#images input[type=file]")))
+        upload.send_keys(str(trained["image"]))
+        time.sleep(1)
+        browser.find_element(By.CSS_SELECTOR, "#classify").click()
+        wait.until(lambda page: "Classified 1 image" in page.find_element(By.CSS_SELECTOR, "#status").text)
+        top = browser.find_element(By.CSS_SELECTOR, "#top").text
+        assert top.splitlines()[0].strip() == trained["label"] or trained["label"] in top.splitlines()[:2]
+        assert "Misclassified test images" in browser.page_source and "examples" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 20_000
+        requested = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+        urls = {event["params"]["request"]["url"] for event in requested
+                if event["method"] == "Network.requestWillBeSent"}
+        web = [url for url in urls if url.startswith(("http:", "https:", "ws:", "wss:"))]  # not chrome:// pages
+        outside = sorted(url for url in web if not url.startswith((f"http://127.0.0.1:{port}",
+                                                                    f"ws://127.0.0.1:{port}")))
+        assert any(url.startswith(f"http://127.0.0.1:{port}") for url in web), "the log saw the page's requests"
+        assert outside == [], f"the page asked the internet for {outside[:5]}"
+    finally:
+        browser.quit()
+        stop(process)
