@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -20,7 +19,14 @@ from pathlib import Path
 
 from cifar_lit.data.image_folder import load_image_folder_split
 from cifar_lit.data.split import SPLITS
-from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import (
+    PROJECT_ROOT,
+    command_line,
+    device_description,
+    git_commit,
+    versions,
+    write_record,
+)
 
 
 def main() -> int:
@@ -39,11 +45,7 @@ def main() -> int:
     record = {"benchmark": "image-folder cache", "device": device_description(), "cpu_count": os.cpu_count(),
               "data": args.data_dir, **timings, "command": command_line(program="benchmarks/cache_timing.py"),
               "git_commit": git_commit(), "versions": versions(), "date": dt.date.today().isoformat()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
-    path = out / f"cache-{slug}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(args.out, "cache", record)
     print(json.dumps(timings, indent=2), f"\nwrote {path}")
     return 0
 

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +26,14 @@ from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
-from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import (
+    PROJECT_ROOT,
+    command_line,
+    device_description,
+    git_commit,
+    versions,
+    write_record,
+)
 from cifar_lit.training.compile_warmup import compile_options
 
 PADDING = 4
@@ -119,11 +123,7 @@ def main() -> int:
         "versions": versions(),
         "date": dt.date.today().isoformat(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
-    path = out / f"data_path-{slug}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(args.out, "data_path", record)
     print(f"tensor path / best PIL path: {record['tensor_over_best_pil']:.1f}x; wrote {path}")
     return 0
 

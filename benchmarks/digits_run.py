@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import (
+    PROJECT_ROOT,
+    command_line,
+    device_description,
+    git_commit,
+    versions,
+    write_record,
+)
 
 DEFAULT_FLAGS = ["--gpus", "0", "--max-epochs", "10", "--batch-size", "128", "--eval-batch-size", "500",
                  "--no-progress-bar", "--sanity-val-steps", "0"]
@@ -82,11 +88,7 @@ def main() -> int:
         "wall_seconds": wall,
         "normalization_measured": summary["config"]["normalization"],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
-    path = out / f"digits-{slug}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(args.out, "digits", record)
     print(f"test accuracy {record['test_acc']:.4f} after {record['epochs_run']} epochs, "
           f"{record['train_seconds']:.0f} s of training; wrote {path}")
     return 0

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -35,7 +33,7 @@ from torch import nn
 
 from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.constants import CIFAR10_CLASSES
-from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions, write_record
 from cifar_lit.run import train as run
 from cifar_lit.run.config import parse_config
 from cifar_lit.training import module
@@ -142,11 +140,7 @@ def main() -> int:
     record["overhead_us_per_step"] = overhead
     record["lightning_over_bare_time"] = (record["lightning_us_per_step"]["median"]
                                           / record["bare_us_per_step"]["median"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
-    path = out / f"framework_overhead-{slug}-{args.label}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(args.out, "framework_overhead", record, args.label)
     print(f"{args.label}: Lightning {record['lightning_us_per_step']['median']:.0f} us/step, bare "
           f"{record['bare_us_per_step']['median']:.0f} us/step, overhead {overhead:.0f} us/step; wrote {path}")
     return 0

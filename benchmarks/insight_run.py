@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from cifar_lit.reporting.provenance import PROJECT_ROOT, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import PROJECT_ROOT, git_commit, versions, write_record
 
 FLAGS = ["--gpus", "0", "--batch-size", "128", "--no-progress-bar"]
 PICTURES = ("gradcam_misclassified.png", "gradcam_correct.png", "misclassified.png", "model_summary.txt")
@@ -68,10 +68,7 @@ def main() -> int:
         **{key: summary[key] for key in ("test_acc", "best_val_acc", "global_steps", "train_seconds",
                                           "images_per_second", "phase_seconds")},
     }
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_description("cpu") if "CPU" in record["device"]
-                  else record["device"]).strip("-").lower()
-    path = out / f"insight-{slug}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_record(out, "insight", record)
     print(f"suggested --lr {suggested:.3g}; test accuracy {record['test_acc']:.4f}; wrote {path}")
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,14 @@ from typing import Any
 from cifar_lit.bench.bare_loop import bare_training_run
 from cifar_lit.hardware.plan import explicit_options, plan_hardware
 from cifar_lit.phases import PHASES
-from cifar_lit.reporting.provenance import PROJECT_ROOT, command_line, device_description, git_commit, versions
+from cifar_lit.reporting.provenance import (
+    PROJECT_ROOT,
+    command_line,
+    device_description,
+    git_commit,
+    versions,
+    write_record,
+)
 from cifar_lit.run.config import parse_config
 from cifar_lit.run.stop_at_target import CIFAR10_TARGET
 
@@ -269,14 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         ratios["tensor_over_pil_images_per_second"] = lightning_ips / record["pil_data_path"]["images_per_second"]
     record["ratios"] = ratios
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device_slug = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]).strip("-").lower()
-    stem = f"{record['preset']}-{device_slug}-{record['date']}"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown_table(record))
+    path = write_record(args.out, record["preset"], record)
+    path.with_suffix(".md").write_text(markdown_table(record))
     print(markdown_table(record))
-    print(f"wrote {out / stem}.json and .md")
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     return 0
 
 

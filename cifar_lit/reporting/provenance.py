@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -63,3 +65,18 @@ def command_line(argv: list[str] | None = None, program: str | None = None) -> s
     """The command as a user would type it; `program` may hold several words ("-m cifar_lit.bench")."""
     program = program or Path(sys.argv[0]).name
     return shlex.join(["python", *program.split(), *(sys.argv[1:] if argv is None else argv)])
+
+
+def record_stem(name: str, device: str, date: str, label: str | None = None) -> str:
+    """'<name>-<device slug>[-<label>]-<date>': how the records under benchmarks/results/ are named."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
+    return "-".join(part for part in (name, slug, label, date) if part)
+
+
+def write_record(out: Path | str, name: str, record: dict[str, Any], label: str | None = None) -> Path:
+    """`record` as `<out>/<record_stem>.json` (its "device" and "date" name it)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{record_stem(name, record['device'], record['date'], label)}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
