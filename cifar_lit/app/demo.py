@@ -116,7 +116,7 @@ class Classifier:
         return (maps / maps.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, opacity: float, scale: int = 8) -> Image.Image:
+def overlay(image: np.ndarray, heat: np.ndarray, opacity: float, scale: int = 5) -> Image.Image:
     """The image enlarged without smoothing, the map laid over it in an 'inferno'-like ramp."""
     ramp = np.stack([np.clip(1.5 * heat, 0, 1), np.clip(1.5 * heat - 0.5, 0, 1), np.clip(0.6 - heat, 0, 1) * 0.6],
                     axis=-1)
@@ -163,7 +163,7 @@ def model_card(bundle: Bundle) -> str:
     if info.get("test_acc") is not None:
         lines.append(f"Test accuracy **{info['test_acc']:.2%}** on {info.get('dataset', 'its test set')}.")
     if info.get("command"):
-        lines.append(f"Trained with `{info['command']}`.")
+        lines.append(f"Trained with: `{info['command']}`")
     return "  \n".join(lines)
 
 
@@ -184,7 +184,8 @@ def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 top = gr.Label(label="top classes (first image)", elem_id="top")
-                overlays = gr.Gallery(label="where the network looked (predicted class)", columns=4, height=300)
+                overlays = gr.Gallery(label="where the network looked (predicted class)", columns=4, height="auto",
+                                      object_fit="contain", allow_preview=False)
                 table = gr.Markdown(elem_id="table")
         run.click(lambda *args: classify(classifier, *args), [files, k, opacity, layer], [top, overlays, table, status],
                   api_name="classify")

@@ -82,7 +82,8 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
         for label in range(min(EXAMPLES, len(names))):
             found = np.flatnonzero(test.labels == label)
             if len(found):
-                examples.append(save_picture(folder / "examples" / f"{label:03d}.png", test.images[found[0]]))
+                safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in names[label])
+                examples.append(save_picture(folder / "examples" / f"{safe}.png", test.images[found[0]]))
         _, predictions = evaluate_images(model, test.images, test.labels, device=device)
         wrong = predictions != test.labels
         for index in spread_over_classes(test.labels, wrong, GALLERY, len(names)):
