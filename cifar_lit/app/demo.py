@@ -7,7 +7,8 @@ torch, numpy, Pillow, gradio and captum only, and takes everything else from a `
 names, the normalization and what the page says about the model.
 
 Offline it makes no request beyond 127.0.0.1: Gradio's analytics and the Hub are switched off before Gradio is
-imported, and the theme uses the system's fonts instead of Google's.
+first imported (`build_demo`; importing this file changes nothing), and the theme uses the system's fonts instead
+of Google's.
 """
 
 from __future__ import annotations
@@ -16,26 +17,35 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-for _name, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
-                      ("GRADIO_SERVER_NAME", "127.0.0.1")):
-    os.environ.setdefault(_name, _value)
-
-import gradio as gr  # noqa: E402  (after the environment above)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from captum.attr import LayerAttribution, LayerGradCam  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from PIL import Image
 
 try:  # inside the package
     from cifar_lit.models.resnet import resnet18
 except ImportError:  # in an exported folder, beside resnet.py
     from resnet import resnet18  # type: ignore[no-redef]
 
+if TYPE_CHECKING:
+    import gradio as gr
+
 SIZE = 32
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
+OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "GRADIO_SERVER_NAME": "127.0.0.1"}  # defaults only: a Space sets its own server name
+
+
+def gradio() -> Any:
+    """Gradio, imported with its analytics and the Hub off (they are read when it is first imported)."""
+    for name, value in OFFLINE.items():
+        os.environ.setdefault(name, value)
+    import gradio
+
+    return gradio
 
 
 @dataclass
@@ -64,7 +74,8 @@ class Bundle:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Any picture as 32x32 RGB uint8: converted to RGB, centre-cropped to a square, resized with antialiasing
-    (what evaluate.py --images does). ValueError with a readable reason when it is not an image."""
+    (what evaluate.py --images does; written again here because this file must run without cifar_lit). ValueError
+    with a readable reason when it is not an image."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -168,6 +179,7 @@ def model_card(bundle: Bundle) -> str:
 
 
 def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
+    gr = gradio()
     classifier = Classifier(bundle, device)
     with gr.Blocks(title="CIFAR ResNet18") as demo:
         gr.Markdown("# What does the network see?")
@@ -199,4 +211,4 @@ def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
 
 def launch(demo: gr.Blocks, **options: Any) -> None:
     """`demo.launch` with the system-font theme (no request to Google's font servers)."""
-    demo.launch(theme=gr.themes.Base(**THEME_FONTS), **options)
+    demo.launch(theme=gradio().themes.Base(**THEME_FONTS), **options)
