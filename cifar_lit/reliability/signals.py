@@ -90,12 +90,13 @@ class GracefulStop(RunFolderCallback):
     then last.ckpt is saved and the run stops (StopRequested).
 
     Lightning installs its own SIGTERM handler at the start of every fit and test; its loops would then raise in
-    the middle of a validation pass or of the final test. In a single process cifar_lit.run.train puts the project's
-    handler back each time (lightning_compat.keep_own_signal_handlers), and the stop always happens after a
-    training step that is not an epoch's last, so the checkpoint resumes exactly; a signal during validation or an
-    epoch's last step takes effect after the next step, and one after the last step lets training end (run.train
-    then stops before the test). With several processes Lightning's handler stays (it tells the other ranks), and
-    its exception gets the same checkpoint if it comes while training, never during the test.
+    the middle of a validation pass or of the final test. cifar_lit.run.train puts the project's handler back each
+    time (lightning_compat.keep_own_signal_handlers). In a single process the stop happens after a training step
+    that is not an epoch's last, so the checkpoint resumes exactly; a signal during validation or an epoch's last
+    step takes effect after the next step, and one after the last step lets training end (run.train then stops
+    before the test). With several processes every rank notes its own signals and, at the start of each step, all
+    ranks agree whether any got one (lightning_compat.agree_on_stop_every_step): then all raise Lightning's
+    SIGTERMException together, and `on_exception` saves last.ckpt once, collectively, never during the test.
     """
 
     def __init__(self, guard: NonFiniteLossGuard | None = None, run_dir: Path | None = None,
@@ -111,8 +112,8 @@ class GracefulStop(RunFolderCallback):
         return self.signals.signum or self.lightning_signum
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # With several processes the project's handler only notes the signal: Lightning's, which runs before it,
-        # tells the other ranks and stops them all at the same point.
+        # From here on the handler only notes a signal: the stop comes at a step boundary (one process: after the
+        # step; several: when all ranks agree at the next step's start).
         self.signals.deferring = True
 
     def _save(self, trainer: pl.Trainer) -> None:
