@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.grids import tensorboard_writer
-from cifar_lit.reporting.plots import confusion_matrix_figure, figure_to_array, per_class_accuracy_figure, save_figure
+from cifar_lit.reporting.plots import confusion_matrix_figure, per_class_accuracy_figure, publish_figure
 
 
 class ConfusionFigures(RunFolderCallback):
@@ -44,10 +44,8 @@ class ConfusionFigures(RunFolderCallback):
         }
         writer = tensorboard_writer(trainer)
         for name, figure in figures.items():
-            if writer is not None:
-                writer.add_image(f"{stage}/{name}", figure_to_array(figure), trainer.global_step, dataformats="HWC")
-            if save_png:
-                save_figure(figure, self.run_dir / f"{name}.png")
+            publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
+                           self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

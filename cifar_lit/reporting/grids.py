@@ -16,10 +16,9 @@ from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
 from cifar_lit.reporting.plots import (
-    figure_to_array,
     gradcam_grid_figure,
     prediction_grid_figure,
-    save_figure,
+    publish_figure,
     spread_over_classes,
 )
 
@@ -107,11 +106,8 @@ class PredictionGrids(RunFolderCallback):
                     images, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true, pred,
                     cams["confidence"].tolist(), self.class_names, f"Grad-CAM ({self.gradcam_layer}): {title}")
             for name, figure in figures.items():
-                if writer is not None:
-                    writer.add_image(f"{stage}/{name}", figure_to_array(figure), trainer.global_step,
-                                     dataformats="HWC")
-                if save_png:
-                    save_figure(figure, self.run_dir / f"{name}.png")
+                publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
+                               self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
@@ -39,28 +41,47 @@ def spread_over_classes(labels: np.ndarray, chosen: np.ndarray, count: int, clas
     return np.asarray(picked, dtype=int)
 
 
-def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+DPI = 110
+
+
+def new_figure(width: float, height: float, layout: str = "constrained") -> Figure:
+    """A figure whose layout engine keeps every label inside it ("compressed" for fixed-aspect axes such as a
+    matrix, where "constrained" leaves the y label outside)."""
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
 
-def figure_png(figure: Figure) -> bytes:
-    """PNG bytes, cropped to what is drawn (no clipped axis labels, no wide margins)."""
+def render(figure: Figure) -> np.ndarray:
+    """RGB uint8 (H, W, 3), drawn once at the figure's own size: its layout engine keeps every label inside, so no
+    second, cropping draw (savefig's bbox_inches="tight") is needed."""
+    canvas = figure.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def figure_to_array(figure: Figure) -> np.ndarray:
-    """RGB uint8 (H, W, 3) rendering, e.g. for TensorBoard's add_image."""
-    with Image.open(io.BytesIO(figure_png(figure))) as image:
-        return np.asarray(image.convert("RGB"))
+def figure_png(figure: Figure) -> bytes:
+    return png_bytes(render(figure))
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write a PNG through a temporary file, so a reader never sees half an image."""
     return write_bytes_atomic(path, figure_png(figure))
+
+
+def publish_figure(writer: Any | None, tag: str, step: int, figure: Figure, path: Path | None = None) -> None:
+    """Draw a figure once for TensorBoard's image `tag` (when there is a writer) and for a PNG at `path` (if given)."""
+    pixels = render(figure)
+    if writer is not None:
+        writer.add_image(tag, pixels, step, dataformats="HWC")
+    if path is not None:
+        write_bytes_atomic(path, png_bytes(pixels))
 
 
 def epoch_axis(axis: Any, epochs: Sequence[float]) -> None:
@@ -111,6 +132,66 @@ def accuracy_and_loss_figure(history: Sequence[Mapping[str, float]], title: str 
     return figure
 
 
+class Caption(NamedTuple):
+    """The text above one cell of a captioned grid."""
+
+    text: str
+    colour: str = "black"
+    bold: bool = False
+    points: float = 9.0
+
+
+GRID_SCALE = 5  # screen pixels per image pixel: a 32x32 image is 160 px (1.45 in at 110 dpi), crisp (nearest)
+GRID_GAP = 16  # px between cells
+LINE_SPACING = 1.2  # caption lines, in font sizes
+TITLE_BAND = 40  # px above the first row, for the title
+TITLE_POINTS = 12
+
+
+def captioned_grid_figure(cells: Sequence[np.ndarray | None], captions: Sequence[Caption], columns: int, title: str,
+                          scale: int = GRID_SCALE) -> Figure:
+    """Equal-sized (H, W, 3) cells in [0, 1] (None: left blank) in rows of `columns`, each under its caption,
+    enlarged `scale` times without smoothing. All cells are one image on one axes at exact pixel positions, with no
+    layout engine: a subplot per cell, each laid out and resampled, drew a 30-image grid 4.5x slower (1.9 s)."""
+    shown = [cell for cell in cells if cell is not None]
+    height, width = (shown[0].shape[0] * scale, shown[0].shape[1] * scale) if shown else (32 * scale, 32 * scale)
+    columns = max(1, min(columns, len(cells)))
+    rows = max(1, -(-len(cells) // columns))
+    points_per_pixel = 72 / DPI
+    band = max((c.points * LINE_SPACING * (c.text.count("\n") + 1) / points_per_pixel for c in captions if c.text),
+               default=0.0)
+    band = int(np.ceil(band)) + (6 if band else 0)
+    row_height = band + height + GRID_GAP
+    figure = Figure(dpi=DPI)
+    title_width, _, _ = FigureCanvasAgg(figure).get_renderer().get_text_width_height_descent(
+        title, FontProperties(size=TITLE_POINTS), ismath=False)
+    total_width = max(GRID_GAP + columns * (width + GRID_GAP), int(np.ceil(title_width)) + 2 * GRID_GAP)
+    total_height = TITLE_BAND + rows * row_height
+    figure.set_size_inches(total_width / DPI, total_height / DPI)
+    canvas = np.full((total_height, total_width, 3), 255, dtype=np.uint8)  # uint8: imshow skips normalizing
+    origins = []
+    for index, cell in enumerate(cells):
+        row, column = divmod(index, columns)
+        left, top = GRID_GAP + column * (width + GRID_GAP), TITLE_BAND + row * row_height + band
+        origins.append((left, top))
+        if cell is not None:
+            enlarged = np.repeat(np.repeat(np.clip(cell, 0.0, 1.0), scale, axis=0), scale, axis=1)
+            canvas[top:top + height, left:left + width] = np.rint(enlarged * 255)
+    axis = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axis.axis("off")
+    axis.imshow(canvas, interpolation="nearest", extent=(0, total_width, total_height, 0))
+    axis.text(total_width / 2, 10, title, ha="center", va="top", fontsize=TITLE_POINTS)
+    for (left, top), caption in zip(origins, captions, strict=True):
+        if caption.text:
+            axis.text(left + width / 2, top - 4, caption.text, ha="center", va="bottom", fontsize=caption.points,
+                      color=caption.colour, fontweight="bold" if caption.bold else "normal",
+                      linespacing=LINE_SPACING)
+    if not shown:
+        axis.text(total_width / 2, TITLE_BAND + row_height / 2, "none", ha="center", va="center", fontsize=TITLE_POINTS,
+                  color=GREY)
+    return figure
+
+
 def prediction_grid_figure(
     images: np.ndarray,
     true_labels: Sequence[int],
@@ -119,27 +200,13 @@ def prediction_grid_figure(
     title: str,
     columns: int = 8,
 ) -> Figure:
-    """Images (N, H, W, 3) in [0, 1], each captioned "true" over "pred", enlarged without smoothing."""
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = max(1, -(-count // columns))
-    figure = new_figure(1.45 * columns, 1.75 * rows + 0.5)
-    figure.suptitle(title, fontsize=12)
-    for index in range(rows * columns):
-        axis = figure.add_subplot(rows, columns, index + 1)
-        axis.axis("off")
-        if index >= count:
-            continue
-        axis.imshow(images[index], interpolation="nearest")
-        true_name, pred_name = class_names[true_labels[index]], class_names[predicted_labels[index]]
-        wrong = true_labels[index] != predicted_labels[index]
-        axis.set_title(
-            f"true: {true_name}\npred: {pred_name}", fontsize=9, color=VERMILLION if wrong else "black",
-            fontweight="bold" if wrong else "normal",
-        )
-    if count == 0:
-        figure.text(0.5, 0.5, "none", ha="center", va="center", fontsize=12, color=GREY)
-    return figure
+    """Images (N, H, W, 3) in [0, 1], each captioned "true" over "pred" (a wrong prediction in bold vermillion)."""
+    captions = []
+    for true, predicted in zip(true_labels, predicted_labels, strict=True):
+        wrong = true != predicted
+        captions.append(Caption(f"true: {class_names[true]}\npred: {class_names[predicted]}",
+                                VERMILLION if wrong else "black", bold=wrong))
+    return captioned_grid_figure(list(images), captions, columns, title)
 
 
 def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, title: str,
@@ -168,22 +235,32 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: flo
 
 
 def augmentation_figure(stored: np.ndarray, augmented: np.ndarray, labels: Sequence[int],
-                        class_names: Sequence[str], title: str) -> Figure:
+                        class_names: Sequence[str], title: str, columns: int = 8) -> Figure:
     """Training images as stored (top row of each pair) over the same images as the network receives them (the
     augmented batch, de-normalized): (N, H, W, 3) arrays in [0, 1]."""
-    count = len(stored)
-    columns = max(1, min(8, count))
-    pairs = max(1, -(-count // columns))
-    figure = new_figure(1.3 * columns, 2.7 * pairs + 0.5)
-    figure.suptitle(title, fontsize=12)
-    for index in range(count):
-        pair, column = divmod(index, columns)
-        for offset, (pictures, caption) in enumerate(((stored, class_names[labels[index]]), (augmented, "augmented"))):
-            axis = figure.add_subplot(2 * pairs, columns, (2 * pair + offset) * columns + column + 1)
-            axis.axis("off")
-            axis.imshow(pictures[index], interpolation="nearest")
-            axis.set_title(caption, fontsize=8, color=GREY if offset else "black")
-    return figure
+    cells: list[np.ndarray | None] = []
+    captions: list[Caption] = []
+    for start in range(0, len(stored), columns):
+        indices = range(start, min(start + columns, len(stored)))
+        blanks = columns - len(indices)
+        cells += [stored[i] for i in indices] + [None] * blanks + [augmented[i] for i in indices] + [None] * blanks
+        captions += [Caption(class_names[labels[i]], points=8) for i in indices] + [Caption("")] * blanks
+        captions += [Caption("augmented", GREY, points=8) for _ in indices] + [Caption("")] * blanks
+    return captioned_grid_figure(cells, captions, columns, title)
+
+
+GRADCAM_COLOURS = colormaps["inferno"]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, opacity: float, scale: int = GRID_SCALE) -> np.ndarray:
+    """An (H, W, 3) image enlarged `scale` times without smoothing, under its (H, W) map in [0, 1] enlarged
+    bilinearly and coloured with inferno, blended with `opacity` (what imshow with alpha draws)."""
+    height, width = image.shape[:2]
+    sharp = np.repeat(np.repeat(np.clip(image, 0.0, 1.0), scale, axis=0), scale, axis=1)
+    smooth = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize(
+        (width * scale, height * scale), Image.Resampling.BILINEAR)
+    colours = GRADCAM_COLOURS(np.clip(np.asarray(smooth), 0.0, 1.0))[..., :3]
+    return ((1.0 - opacity) * sharp + opacity * colours).astype(np.float32)
 
 
 def gradcam_grid_figure(
@@ -199,32 +276,20 @@ def gradcam_grid_figure(
 ) -> Figure:
     """Each image with its class-activation map laid over it, captioned "true / pred (confidence)"; where the
     prediction is wrong, the map for the true class stands beside the one for the predicted class."""
-    count = len(images)
     wrong = [true != pred for true, pred in zip(true_labels, predicted_labels, strict=True)]
     panels = 2 if any(wrong) else 1
-    per_row = max(1, min(8 // panels, count))
-    rows = max(1, -(-count // per_row))
-    figure = new_figure(1.45 * per_row * panels, 1.85 * rows + 0.6)
-    figure.suptitle(title, fontsize=12)
-    grid = figure.add_gridspec(rows, per_row * panels)
-    for index in range(count):
-        row, column = divmod(index, per_row)
+    per_row = max(1, min(8 // panels, len(images)))
+    cells: list[np.ndarray | None] = []
+    captions: list[Caption] = []
+    for index, image in enumerate(images):
         true_name, pred_name = class_names[true_labels[index]], class_names[predicted_labels[index]]
-        views = [(maps_predicted[index], f"pred: {pred_name} {confidences[index]:.0%}")]
+        colour = VERMILLION if wrong[index] else "black"
+        cells.append(overlay(image, maps_predicted[index], opacity))
+        captions.append(Caption(f"true: {true_name}\npred: {pred_name} {confidences[index]:.0%}", colour, points=8))
         if panels == 2:
-            views.append((maps_true[index], f"map of true: {true_name}") if wrong[index] else (None, ""))
-        for offset, (heat, caption) in enumerate(views):
-            axis = figure.add_subplot(grid[row, column * panels + offset])
-            axis.axis("off")
-            if heat is None:
-                continue
-            axis.imshow(images[index], interpolation="nearest")
-            axis.imshow(heat, cmap="inferno", alpha=opacity, vmin=0.0, vmax=1.0, interpolation="bilinear")
-            heading = f"true: {true_name}\n{caption}" if offset == 0 else caption
-            axis.set_title(heading, fontsize=8, color=VERMILLION if wrong[index] and offset == 0 else "black")
-    if count == 0:
-        figure.text(0.5, 0.5, "none", ha="center", va="center", fontsize=12, color=GREY)
-    return figure
+            cells.append(overlay(image, maps_true[index], opacity) if wrong[index] else None)
+            captions.append(Caption(f"map of true: {true_name}", points=8) if wrong[index] else Caption(""))
+    return captioned_grid_figure(cells, captions, per_row * panels, title, scale=1)
 
 
 NUMBERED_CELLS_UP_TO = 20  # classes; above it the confusion matrix is a heat map and per-class bars are sorted
@@ -240,7 +305,7 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     numbered = classes <= NUMBERED_CELLS_UP_TO
     side = 6.4 if numbered else max(6.4, CLASS_ROW_INCHES * classes + 2.0)
     label_size = 9 if numbered else LABEL_POINTS
-    figure = new_figure(side + 0.8, side)
+    figure = new_figure(side + 0.8, side, layout="compressed")
     axis = figure.add_subplot()
     row_sums = matrix.sum(axis=1, keepdims=True).clip(min=1)
     shares = matrix / row_sums

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 
 from cifar_lit.phases import phase
 from cifar_lit.reporting.grids import tensorboard_writer
-from cifar_lit.reporting.plots import augmentation_figure, figure_to_array
+from cifar_lit.reporting.plots import augmentation_figure, publish_figure
 
 PREVIEW_IMAGES = 16
 TAG = "train/augmented"
@@ -33,4 +33,4 @@ class AugmentationPreview(pl.Callback):
             figure = augmentation_figure(stored.float().div(255).cpu().numpy(), seen, labels.tolist(),
                                          datamodule.class_names,
                                          "Training images as stored (top) and as the network receives them")
-            writer.add_image(TAG, figure_to_array(figure), trainer.global_step, dataformats="HWC")
+            publish_figure(writer, TAG, trainer.global_step, figure)

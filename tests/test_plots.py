@@ -1,0 +1,90 @@
+"""The figures as a reader sees them: every label inside the picture, captions on the right cells, pixels where
+the grid says they are."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar_lit.reporting import plots
+
+NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((12, 32, 32, 3)).astype(np.float32)
+TRUE = [index % 10 for index in range(12)]
+PREDICTED = [3 if index in (1, 4) else label for index, label in enumerate(TRUE)]  # two mistakes
+MAPS = RNG.random((12, 32, 32)).astype(np.float32)
+HISTORY = [{"epoch": e, "train_acc": 0.1 * e, "val_acc": 0.09 * e, "train_loss": 2 - 0.1 * e, "val_loss": 2.1 - 0.1 * e}
+           for e in range(1, 6)]
+
+FIGURES = {
+    "curves": lambda: plots.curves_figure({"run a": ([1, 2, 3], [0.3, 0.5, 0.6])}, "validation accuracy",
+                                          "Validation accuracy per epoch", percent=True),
+    "accuracy and loss": lambda: plots.accuracy_and_loss_figure(HISTORY, "Training run version_0"),
+    "confusion, 10 classes": lambda: plots.confusion_matrix_figure(RNG.integers(0, 50, (10, 10)), NAMES,
+                                                                   "Confusion matrix, test set (best checkpoint)"),
+    "confusion, 100 classes": lambda: plots.confusion_matrix_figure(
+        RNG.integers(0, 9, (100, 100)), [f"class_{i:02d}" for i in range(100)], "Confusion matrix, 100 classes"),
+    "per class": lambda: plots.per_class_accuracy_figure(RNG.random(10), NAMES, "Accuracy per class, test set"),
+    "lr range test": lambda: plots.lr_find_figure(np.logspace(-5, 0, 50), np.linspace(2.3, 1.0, 50), 1e-2, "LR",
+                                                  2e-3),
+    "prediction grid": lambda: plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, NAMES, "Misclassified images"),
+    "empty grid": lambda: plots.prediction_grid_figure(IMAGES[:0], [], [], NAMES,
+                                                       "Misclassified test images (0 shown), best checkpoint"),
+    "grad-cam grid": lambda: plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, TRUE, PREDICTED, [0.5] * 12, NAMES,
+                                                       "Grad-CAM (layer3): misclassified images"),
+    "augmentation": lambda: plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], NAMES, "As stored"),
+}
+
+
+@pytest.mark.parametrize("make", FIGURES.values(), ids=FIGURES.keys())
+def test_every_label_lies_inside_the_picture(make):
+    """The figures are drawn once at their own size (no cropping pass), so the layout must keep all text inside."""
+    figure = make()
+    pixels = plots.render(figure)
+    height, width = pixels.shape[:2]
+    drawn = figure.get_tightbbox(figure.canvas.get_renderer())  # inches: what savefig's cropping would keep
+    assert drawn.x0 >= 0 and drawn.y0 >= 0, drawn
+    assert drawn.x1 <= width / figure.dpi + 1e-6 and drawn.y1 <= height / figure.dpi + 1e-6, (drawn, width, height)
+    with Image.open(io.BytesIO(plots.png_bytes(pixels))) as png:
+        assert png.size == (width, height)
+
+
+def test_a_grid_shows_each_image_crisply_where_its_caption_says():
+    figure = plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, NAMES, "Misclassified images", columns=8)
+    pixels = plots.render(figure).astype(int)
+    axis = figure.axes[0]
+    captions = [text for text in axis.texts if text.get_text().startswith("true:")]
+    assert [text.get_text() for text in captions] == [f"true: {NAMES[t]}\npred: {NAMES[p]}"
+                                                      for t, p in zip(TRUE, PREDICTED, strict=True)]
+    assert [text.get_color() for text in captions].count(plots.VERMILLION) == 2  # the two mistakes, and only they
+    assert captions[1].get_color() == plots.VERMILLION and captions[1].get_fontweight() == "bold"
+    assert captions[0].get_color() == "black"
+    # image 9 sits in row 2, column 2: its top-left image pixel is a GRID_SCALE-square block of that pixel's colour
+    x, y = captions[9].get_position()
+    left, top = round(x - 16 * plots.GRID_SCALE), round(y + 4)
+    block = pixels[top:top + plots.GRID_SCALE, left:left + plots.GRID_SCALE]
+    expected = np.rint(IMAGES[9, 0, 0] * 255)
+    assert np.abs(block - expected).max() <= 1
+    assert np.abs(pixels[top + 31 * plots.GRID_SCALE, left + 31 * plots.GRID_SCALE]
+                  - np.rint(IMAGES[9, 31, 31] * 255)).max() <= 1
+
+
+def test_a_grad_cam_cell_is_the_image_blended_with_its_map():
+    image, heat = np.zeros((32, 32, 3), np.float32), np.ones((32, 32), np.float32)
+    cell = plots.overlay(image, heat, opacity=0.5)
+    assert cell.shape == (32 * plots.GRID_SCALE, 32 * plots.GRID_SCALE, 3)
+    hottest = np.asarray(plots.GRADCAM_COLOURS(1.0)[:3])
+    np.testing.assert_allclose(cell[0, 0], 0.5 * hottest, atol=1e-6)
+    np.testing.assert_allclose(plots.overlay(IMAGES[0], heat, opacity=0.0)[:5, :5], np.broadcast_to(
+        IMAGES[0, 0, 0], (5, 5, 3)), atol=1e-6)
+
+
+def test_wrong_predictions_get_the_true_class_map_beside_them():
+    figure = plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, TRUE, PREDICTED, [0.5] * 12, NAMES, "Grad-CAM")
+    texts = [text.get_text() for text in figure.axes[0].texts]
+    assert texts.count("map of true: automobile") == 1 and texts.count("map of true: deer") == 1
+    assert len([text for text in texts if text.startswith("true:")]) == 12
