@@ -15,13 +15,16 @@ from cifar_lit.run import train as run
 ROOT = Path(__file__).resolve().parent.parent
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
-# accuracy within a few epochs with these settings on the CPU, in seconds.
+# accuracy within a few epochs with these settings on the CPU, in seconds. The figures are drawn after the test
+# only: drawing them after every validation was most of such a run's time; the tests of the figures ask for them
+# with EVERY_EPOCH_FIGURES.
 TINY_FLAGS = [
     "--gpus", "0", "--width", "8", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
     "--lr-reference-batch-size", "30",
     "--schedule", "constant", "--warmup-fraction", "0", "--no-progress-bar", "--sanity-val-steps", "0",
-    "--grid-images", "8", "--log-every-n-steps", "5",
+    "--grid-images", "8", "--grid-every-n-epochs", "0", "--log-every-n-steps", "5",
 ]
+EVERY_EPOCH_FIGURES = ["--grid-every-n-epochs", "1"]
 
 
 def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:

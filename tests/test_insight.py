@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_FLAGS
+from helpers import EVERY_EPOCH_FIGURES, TINY_FLAGS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.reliability.errors import ConfigError
@@ -132,8 +132,8 @@ def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_p
 def insight_run(image_folder_master, tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("insight")
     data = Path(shutil.copytree(image_folder_master, logdir.parent / "insight_data"))
-    assert main([*TINY_FLAGS, "--data-dir", str(data), "--logdir", str(logdir), "--max-epochs", "2",
-                 "--target-acc", "1.0", "--lr", "auto", "--lr-find-steps", "20"]) == 0
+    assert main([*TINY_FLAGS, *EVERY_EPOCH_FIGURES, "--data-dir", str(data), "--logdir", str(logdir),
+                 "--max-epochs", "2", "--target-acc", "1.0", "--lr", "auto", "--lr-find-steps", "20"]) == 0
     (run_dir,) = logdir.glob("version_*")
     return run_dir
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS
+from helpers import EVERY_EPOCH_FIGURES, TINY_FLAGS
 from PIL import Image
 from synthetic import CLASS_COLOURS, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -34,8 +34,8 @@ def trained_run(tmp_path_factory) -> Path:
     """One short training run on a learnable synthetic set, shared by the tests here."""
     root = tmp_path_factory.mktemp("report")
     data = write_image_folder(root / "data", train_per_class=30, test_per_class=10)
-    assert train([*TINY_FLAGS, "--data-dir", str(data), "--logdir", str(root / "logs"), "--width", "8",
-                  "--max-epochs", "6", "--target-acc", str(REPORT_TARGET)]) == 0
+    assert train([*TINY_FLAGS, *EVERY_EPOCH_FIGURES, "--data-dir", str(data), "--logdir", str(root / "logs"),
+                  "--width", "8", "--max-epochs", "6", "--target-acc", str(REPORT_TARGET)]) == 0
     (run_dir,) = (root / "logs").glob("version_*")
     return run_dir
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import EVERY_EPOCH_FIGURES
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,7 +37,7 @@ def test_fast_dev_run_runs_one_batch_and_writes_nothing(tiny_flags, tmp_path):
 
 @pytest.mark.slow
 def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, capsys):
-    assert main([*tiny_flags, "--width", "8", "--target-acc", "0.6", "--max-epochs", "6"]) == 0
+    assert main([*tiny_flags, *EVERY_EPOCH_FIGURES, "--width", "8", "--target-acc", "0.6", "--max-epochs", "6"]) == 0
     out = capsys.readouterr().out
     (run_dir,) = run_dirs(tmp_path / "logs")
     summary = json.loads((run_dir / "summary.json").read_text())
