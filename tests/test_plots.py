@@ -88,3 +88,17 @@ def test_wrong_predictions_get_the_true_class_map_beside_them():
     texts = [text.get_text() for text in figure.axes[0].texts]
     assert texts.count("map of true: automobile") == 1 and texts.count("map of true: deer") == 1
     assert len([text for text in texts if text.startswith("true:")]) == 12
+
+
+def test_each_augmented_image_sits_under_the_same_image_as_stored():
+    figure = plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], NAMES, "As stored", columns=8)
+    texts = [text for text in figure.axes[0].texts if text.get_text() != "As stored"]
+    stored = [text for text in texts if text.get_text() != "augmented"]
+    augmented = [text for text in texts if text.get_text() == "augmented"]
+    assert [text.get_text() for text in stored] == [NAMES[label] for label in TRUE[:11]]
+    assert len(augmented) == 11
+    for above, below in zip(stored, augmented, strict=True):
+        (x_above, y_above), (x_below, y_below) = above.get_position(), below.get_position()
+        assert x_above == x_below and y_below > y_above  # same column, lower on the page (y grows downwards)
+    narrow = plots.augmentation_figure(IMAGES[:3], IMAGES[:3], TRUE[:3], NAMES, "Three")
+    assert narrow.get_size_inches()[0] < figure.get_size_inches()[0], "three images make a narrower picture"

@@ -238,6 +238,7 @@ def augmentation_figure(stored: np.ndarray, augmented: np.ndarray, labels: Seque
                         class_names: Sequence[str], title: str, columns: int = 8) -> Figure:
     """Training images as stored (top row of each pair) over the same images as the network receives them (the
     augmented batch, de-normalized): (N, H, W, 3) arrays in [0, 1]."""
+    columns = max(1, min(columns, len(stored)))
     cells: list[np.ndarray | None] = []
     captions: list[Caption] = []
     for start in range(0, len(stored), columns):
