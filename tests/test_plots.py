@@ -102,3 +102,25 @@ def test_each_augmented_image_sits_under_the_same_image_as_stored():
         assert x_above == x_below and y_below > y_above  # same column, lower on the page (y grows downwards)
     narrow = plots.augmentation_figure(IMAGES[:3], IMAGES[:3], TRUE[:3], NAMES, "Three")
     assert narrow.get_size_inches()[0] < figure.get_size_inches()[0], "three images make a narrower picture"
+
+
+def test_a_figure_is_drawn_once_for_tensorboard_and_its_png_and_not_at_all_for_nobody(tmp_path, monkeypatch):
+    class Writer:
+        def __init__(self):
+            self.images = []
+
+        def add_image(self, tag, pixels, step, dataformats):
+            self.images.append((tag, pixels, step, dataformats))
+
+    draws = []
+    real_render = plots.render
+    monkeypatch.setattr(plots, "render", lambda figure: draws.append(figure) or real_render(figure))
+    writer, figure = Writer(), FIGURES["per class"]()
+    plots.publish_figure(writer, "test/per_class_accuracy", 7, figure, tmp_path / "per_class_accuracy.png")
+    assert len(draws) == 1
+    ((tag, pixels, step, dataformats),) = writer.images
+    assert (tag, step, dataformats) == ("test/per_class_accuracy", 7, "HWC") and pixels.dtype == np.uint8
+    with Image.open(tmp_path / "per_class_accuracy.png") as png:
+        np.testing.assert_array_equal(np.asarray(png.convert("RGB")), pixels)
+    plots.publish_figure(None, "val/per_class_accuracy", 8, FIGURES["per class"]())
+    assert len(draws) == 1

@@ -76,7 +76,10 @@ def save_figure(figure: Figure, path: Path) -> Path:
 
 
 def publish_figure(writer: Any | None, tag: str, step: int, figure: Figure, path: Path | None = None) -> None:
-    """Draw a figure once for TensorBoard's image `tag` (when there is a writer) and for a PNG at `path` (if given)."""
+    """Draw a figure once for TensorBoard's image `tag` (when there is a writer) and for a PNG at `path` (if given);
+    with neither, not at all."""
+    if writer is None and path is None:
+        return
     pixels = render(figure)
     if writer is not None:
         writer.add_image(tag, pixels, step, dataformats="HWC")
