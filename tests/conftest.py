@@ -27,6 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     finish on the short ones, instead of one worker running a minute-long test alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
+
 @pytest.fixture(scope="session")
 def image_folder_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("image_folder") / "cifar", train_per_class=30,
