@@ -1,14 +1,17 @@
 """What the figures of one evaluation cost to draw: the misclassified and correct grids, their Grad-CAM grids, the
 confusion matrix and the per-class bars, each built and turned into PNG bytes, as a run does after every
-validation (with --grid-every-n-epochs 1, the default) and after the test.
+validation (with --grid-every-n-epochs 1, the default) and after the test; and, apart (`gradcam_maps_seconds`),
+what computing the Grad-CAM maps of those images costs on the full ResNet18 (maps of the predicted and the true
+class; random weights, which cost the same as trained ones).
 
     python benchmarks/figure_drawing.py [--data-dir JPEG_FOLDER] [--images 30] [--repeats 5] [--label after]
 
 The images are the first test images of an image folder (`--data-dir`, e.g. the JPEG copy of CIFAR-10), or smooth
-synthetic ones; the Grad-CAM maps are synthetic (the network's cost is not what is measured here). Each figure is
-timed --repeats times in this process and the median kept. It touches only what every version of the figures has
-(the four figure functions and `figure_png`), so it also runs against older commits: from a checkout of the old
-commit, `PYTHONPATH=. python /path/to/figure_drawing.py --label before`.
+synthetic ones; the maps drawn in the Grad-CAM grids are synthetic, so the drawing is timed apart from the network.
+Each figure is timed --repeats times in this process and the median kept. It touches only what every version of the
+figures has (the four figure functions and `figure_png`; the maps where `reporting.gradcam` exists), so it also runs
+against older commits: from a checkout of the old commit, `PYTHONPATH=. python /path/to/figure_drawing.py --label
+before`.
 
 Writes benchmarks/results/figure_drawing-<device>-<label>-<date>.json.
 """
@@ -46,6 +49,29 @@ def test_images(data_dir: str | None, count: int) -> tuple[np.ndarray, list[int]
     return np.asarray(images), labels
 
 
+def gradcam_maps_seconds(images: np.ndarray, true: list[int], predicted: list[int], repeats: int) -> float | None:
+    """Median seconds of `maps_for_predictions` (layer3) on the default ResNet18 for these images, on the CPU."""
+    try:
+        from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
+    except ImportError:  # a commit from before Grad-CAM
+        return None
+    import torch
+
+    from cifar_lit.models.resnet import resnet18
+
+    # channels_last, as a CPU run's network and batches are (the hardware plan's layout there)
+    network = resnet18().eval().to(memory_format=torch.channels_last)
+    inputs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        maps_for_predictions(network, inputs, torch.tensor(true), torch.tensor(predicted), DEFAULT_LAYER)
+        times.append(time.perf_counter() - start)
+    seconds = round(statistics.median(times), 4)
+    print(f"{'gradcam maps (ResNet18)':28s} {seconds * 1000:7.0f} ms", file=sys.stderr)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -80,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - start)
         seconds[name], png_kb[name] = round(statistics.median(times), 4), round(len(png) / 1024, 1)
         print(f"{name:28s} {seconds[name] * 1000:7.0f} ms  {png_kb[name]:7.1f} KB", file=sys.stderr)
+    maps_seconds = gradcam_maps_seconds(images, true, predicted, args.repeats)
     record = {
         "benchmark": "figure_drawing",
         "what": "seconds to build one evaluation's figures and encode them as PNG (median of repeats, one process)",
@@ -94,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "seconds_per_evaluation": round(sum(seconds.values()), 3),
         "png_kb": png_kb,
+        "gradcam_maps_seconds": maps_seconds,
     }
     path = write_record(args.out, "figure_drawing", record, args.label)
     print(f"{record['seconds_per_evaluation']:.2f} s per evaluation; wrote {path}")
