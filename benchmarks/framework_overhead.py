@@ -43,16 +43,17 @@ OUT = Path(__file__).resolve().parent / "results"
 
 
 class TinyNet(nn.Module):
-    """3x3 convolution to 8 channels, batch norm, ReLU, global average pool, linear classifier."""
+    """3x3 convolution to 8 channels, batch norm, ReLU, global average pool, linear classifier. The convolution
+    block is named `layer3`, the layer every version's Grad-CAM default names, so train.py accepts the network
+    without a flag that older versions lack."""
 
     def __init__(self, num_classes: int = 10, **_: object) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(8)
+        self.layer3 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
         self.linear = nn.Linear(8, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(self.bn(self.conv(images))).mean(dim=(2, 3)))
+        return self.linear(self.layer3(images).mean(dim=(2, 3)))
 
 
 class StepClock(pl.Callback):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -61,3 +62,20 @@ def batches_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_flags(image_folder: Path, tmp_path: Path) -> list[str]:
     return [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs")]
+
+
+@pytest.fixture
+def quick_compile(monkeypatch):
+    """torch.compile with the aot_eager backend: Dynamo captures and guards the same graphs as with Inductor
+    (graph breaks and recompiles show the same way) without generating code, so a test takes seconds."""
+    real_compile = torch.compile
+
+    def compile_without_inductor(function=None, **options):
+        options.pop("mode", None)
+        return real_compile(function, backend="aot_eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_without_inductor)
+    torch._dynamo.reset()  # code compiled by earlier tests in this process would be reused, not compiled
+    counters.clear()
+    yield
+    torch._dynamo.reset()

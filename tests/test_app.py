@@ -212,3 +212,16 @@ def test_the_page_in_a_real_browser_classifies_an_upload_and_asks_nothing_of_the
     finally:
         browser.quit()
         stop(process)
+
+
+@pytest.mark.slow
+def test_app_screenshot_runs(trained, tmp_path):
+    """benchmarks/app_screenshot.py, which draws the README's picture of the demo, on the narrow network."""
+    if not shutil.which("chromium") or not shutil.which("chromedriver"):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    out = tmp_path / "app.png"
+    result = subprocess.run([sys.executable, "benchmarks/app_screenshot.py", str(trained["best"]), str(trained["data"]),
+                             str(trained["image"]), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert out.stat().st_size > 20_000 and trained["label"] in result.stdout

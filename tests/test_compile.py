@@ -9,47 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
-import torch
-from helpers import TINY_FLAGS, with_extra_callback
+from helpers import TINY_FLAGS, GraphCount, with_extra_callback
 from torch._dynamo.utils import counters
 
 from cifar_lit.run.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def quick_compile(monkeypatch):
-    """torch.compile with the aot_eager backend: Dynamo captures and guards the same graphs as with Inductor
-    (graph breaks and recompiles show the same way) without generating code, so a test takes seconds."""
-    real_compile = torch.compile
-
-    def compile_without_inductor(function=None, **options):
-        options.pop("mode", None)
-        return real_compile(function, backend="aot_eager", **options)
-
-    monkeypatch.setattr(torch, "compile", compile_without_inductor)
-    torch._dynamo.reset()  # code compiled by earlier tests in this process would be reused, not compiled
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
-class GraphCount(pl.Callback):
-    """Unique graphs Dynamo has compiled when training starts (after the warm-up) and at the end of each stage."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
-
-    def on_train_start(self, trainer, pl_module):
-        self.seen["after warm-up"] = counters["stats"]["unique_graphs"]
-
-    def on_train_end(self, trainer, pl_module):
-        self.seen["after training"] = counters["stats"]["unique_graphs"]
-
-    def on_test_end(self, trainer, pl_module):
-        self.seen["after the test"] = counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.parametrize("flags", [[], ["--flip-tta", "--cutout", "8"], ["--ema-decay", "0.9"]],
@@ -67,6 +32,21 @@ def test_nothing_is_compiled_after_the_warm_up_and_nothing_breaks(image_folder, 
     (run_dir,) = (tmp_path / "logs").glob("version_*")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["warmup_seconds"] > 0 and summary["phase_seconds"]["warmup"] >= summary["warmup_seconds"]
+
+
+@pytest.mark.parametrize("data_path", ["tensor", "pil"])
+def test_a_bf16_mixed_run_compiles_nothing_after_the_warm_up(image_folder, tmp_path, monkeypatch, quick_compile,
+                                                              data_path):
+    """In mixed precision the loop runs the batch transforms outside autocast and the steps inside it, and the PIL
+    path hands over float32 batches: the warm-up must compile exactly those (Dynamo guards on both)."""
+    graphs = GraphCount()
+    with_extra_callback(monkeypatch, graphs)
+    assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"), "--width", "8",
+                 "--max-epochs", "1", "--target-acc", "1.0", "--compile", "--compile-cache", str(tmp_path / "cache"),
+                 "--precision", "bf16-mixed", "--data-path", data_path, "--num-workers", "0"]) == 0
+    assert counters["stats"]["unique_graphs"] >= 4
+    assert graphs.seen["after warm-up"] == graphs.seen["after training"] == graphs.seen["after the test"], graphs.seen
+    assert not counters["recompiles"], dict(counters["recompiles"])
 
 
 @pytest.mark.slow

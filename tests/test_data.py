@@ -1,6 +1,7 @@
 import os
 import pickle
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -262,3 +263,24 @@ def test_the_image_folder_is_listed_and_checked_once_per_process(image_folder, m
     other_rank = ImageDataModule(data_dir=str(image_folder))
     other_rank.setup("fit")  # a process that did not prepare loads the splits itself
     assert sorted(listed) == ["test", "train"] and len(other_rank.splits["train"]) == 300
+
+
+def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stays_on_the_host(image_folder):
+    """With --no-data-on-device the images stay in host memory and training batches reach the device one by one:
+    the preview augments its batch there too, so a compiled augmentation is not compiled again for the host."""
+    module = ImageDataModule(data_dir=str(image_folder), batch_size=30, data_on_device=False, download=False)
+    module.prepare_data()
+    module.setup("fit")
+    module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0,
+                                     world_size=1, precision="32-true")
+    seen = []
+
+    def augment_on_the_spot(images, codes, *args):
+        seen.append((images.device, images.shape))
+        return torch.zeros(len(images), 3, 32, 32)
+
+    module._augment = augment_on_the_spot
+    module._generator = lambda device: torch.Generator()  # meta tensors draw nothing; the device is what is asked
+    module.preview_batch(8)
+    assert module._as_tensors("train")[0].device.type == "cpu"
+    assert seen == [(torch.device("meta"), (30, 40, 40, 3))]

@@ -110,7 +110,11 @@ def test_the_model_summary_counts_the_resnet18():
 
 
 @pytest.mark.slow
-def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_path, capsys):
+def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_path, capsys, monkeypatch):
+    from cifar_lit.run import lr_range_test
+
+    # The record names the device the sweep ran on (a GPU run's record once named the CPU).
+    monkeypatch.setattr(lr_range_test, "device_description", lambda device=None: f"the device {device}")
     logdir = tmp_path / "logs"
     assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--find-lr",
                  "--lr-find-steps", "30", "--norm-bias-lr-scale", "0.5"]) == 0
@@ -119,6 +123,7 @@ def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_p
     record = json.loads((logdir / "lr_find" / "lr_find.json").read_text())
     assert len(record["lrs"]) == len(record["losses"]) == len(record["raw_losses"]) == 30
     assert record["suggested_lr"] in record["lrs"]
+    assert record["device"] == "the device cpu"
     assert record["losses"][0] == pytest.approx(record["raw_losses"][0]), "smoothing starts at the first loss"
     assert all(norm_bias == pytest.approx(0.5 * weights) for weights, norm_bias in record["group_lrs"])
     assert record["group_lrs"][-1][0] > 100 * record["group_lrs"][0][0], "the sweep raised the LR"

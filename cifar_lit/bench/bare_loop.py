@@ -8,6 +8,7 @@ the same work and reports the ratio.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD,
 from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import open_dataset
 from cifar_lit.data.stats import channel_stats
-from cifar_lit.hardware.timing import peak_memory_mb, synchronize
+from cifar_lit.hardware.timing import cudnn_autotune, peak_memory_mb, steady_throughput, synchronize
 from cifar_lit.models import resnet18
 from cifar_lit.training.compile_warmup import compile_options, run_every_shape
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
@@ -62,10 +63,12 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     """Train like train.py would with `config` (epochs, target, recipe), evaluating on the test set each epoch.
 
     Returns seconds of training to the target (device synchronized, compile warm-up excluded and reported apart),
-    the per-epoch accuracies and the training throughput.
+    the per-epoch accuracies and the training throughput, measured as the Lightning run's (`steady_throughput`)
+    with the same cuDNN settings.
     """
     device = torch.device(device)
     torch.manual_seed(config["seed"])
+    torch.backends.cudnn.benchmark = cudnn_autotune(config["deterministic"])  # as the Trainer sets it
     dataset = open_dataset(Path(config["data_dir"]), config["dataset"], config["cifar100_labels"], None,
                            config["verify_checksums"], config["resize"])
     train, test = dataset.load("train"), dataset.load("test")
@@ -122,18 +125,20 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     optimizer = build_sgd(model, peak_lr, config["momentum"], config["nesterov"], config["weight_decay"],
                           config["norm_bias_weight_decay"], config["norm_bias_lr_scale"], config.get("fused_sgd"))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.startswith("16"))  # loss scaling, as 16-mixed
-    scheduler = build_scheduler(optimizer, config["schedule"], config["max_epochs"] * len(loader),
+    # At most --limit-train-batches per epoch, as the Trainer (and its schedule) take them.
+    batches = min(len(loader), config.get("limit_train_batches") or len(loader))
+    scheduler = build_scheduler(optimizer, config["schedule"], config["max_epochs"] * batches,
                                 config["warmup_fraction"], config["lr_start_factor"], config["lr_end_factor"])
     generator = torch.Generator(device=device)
 
     accuracies, train_seconds, reached_seconds, reached_epoch = [], 0.0, None, None
-    images_seen = 0
+    epoch_rates = []
     synchronize(device)
-    start = time.perf_counter()
+    start, train_started_at = time.perf_counter(), time.time()
     for epoch in range(config["max_epochs"]):
         epoch_box[0] = epoch
-        epoch_start = time.perf_counter()
-        for images, labels in loader:
+        epoch_start, images_seen = time.perf_counter(), 0
+        for images, labels in itertools.islice(loader, batches):
             batch_epoch, batch_index = loader.next_batch_key()
             generator.manual_seed(derive_seed(config["seed"], batch_epoch, batch_index, 0))
             codes = draw_codes(len(labels), config["crop_padding"], config["flip"], config["cutout"],
@@ -149,7 +154,9 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
             scheduler.step()
             images_seen += len(labels)
         synchronize(device)
-        train_seconds += time.perf_counter() - epoch_start
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_seconds
+        epoch_rates.append(images_seen / epoch_seconds if epoch_seconds > 0 else None)
         results = evaluate(model, test_images, test_labels, scale, shift, config["eval_batch_size"], forward_context,
                            prepare, eval_forward, dtype, channels_last, classes=classes)
         accuracy = float(results["acc"])
@@ -157,13 +164,18 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
         if reached_epoch is None and config["target_acc"] is not None and accuracy >= config["target_acc"]:
             reached_epoch, reached_seconds = epoch + 1, time.perf_counter() - start
             break
+    train_ended_at = time.time()
     return {
         "train_seconds_to_target": reached_seconds,
         "epochs_to_target": reached_epoch,
         "reached": reached_epoch is not None,
         "total_seconds": time.perf_counter() - start,
         "train_loop_seconds": train_seconds,
-        "images_per_second": images_seen / train_seconds if train_seconds else None,
+        "images_per_second": steady_throughput(epoch_rates),
+        "images_per_second_per_epoch": epoch_rates,
+        "train_started_at": train_started_at,
+        "train_ended_at": train_ended_at,
+        "epochs_run": len(accuracies),
         "val_acc_per_epoch": accuracies,
         "test_acc": accuracies[-1] if accuracies else None,
         "warmup_seconds": warmup_seconds,

@@ -9,7 +9,9 @@ record reports cold and warm wall and warm-up seconds apart. In the same invocat
 (cifar_lit.bench.bare_loop) on the same recipe and data path, and the PIL data path on the same preset, and reports
 both as ratios. GPU busy time is sampled with NVML during each run's training window when pynvml is available.
 
-Writes benchmarks/results/<preset>-<device>-<date>.json and a markdown table beside it.
+Writes benchmarks/results/<preset>-<device>-<date>.json and a markdown table beside it. With `--jsonl FILE`, every
+finished run (each seed, the PIL run, the bare loop) is also appended to FILE as one JSON object at once, so a
+benchmark cut short by a time limit keeps what finished (benchmarks/gpu_lease.sh runs it that way).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from cifar_lit.reporting.provenance import (
 )
 from cifar_lit.run.config import parse_config
 from cifar_lit.run.stop_at_target import CIFAR10_TARGET
+from cifar_lit.training.compile_cache import compile_cache
 
 
 class GpuBusySampler:
@@ -96,7 +100,8 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
 
 def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[str], sampler: GpuBusySampler,
               log_file: Path | None) -> dict[str, Any]:
-    """One `python train.py` run in a subprocess; its summary plus wall time and GPU busy share."""
+    """One `python train.py` run in a subprocess; its summary plus wall time and GPU busy share, its command and
+    its run folder."""
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config", str(preset), "--seed", str(seed),
                "--data-dir", data_dir, "--logdir", str(logdir), *extra]
     start = time.perf_counter()
@@ -127,9 +132,43 @@ def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[
         "gpu_busy_percent": sampler.mean_between(summary.get("train_started_at"), summary.get("train_ended_at")),
         "total_seconds": summary.get("total_seconds"),
         "compile_cache": (summary.get("compile_cache") or {}).get("state"),
+        "skipped_steps": summary.get("skipped_steps"),
+        "target_acc": summary.get("target_acc"),
         "phase_seconds": summary.get("phase_seconds") or {},
         "device": summary["device"],
+        "versions": summary.get("versions"),
+        "git_commit": summary.get("git_commit"),
+        "command": command_line(command[2:], "train.py"),
+        "run_dir": str(summary_path.parent),
     }
+
+
+def append_result(path: Path | None, kind: str, result: dict[str, Any], **facts: Any) -> None:
+    """One finished run as one JSON line of `path`, written and flushed to disk at once. The keys every line has:
+    kind, seed, reached, train_seconds (to the target, else the whole training), wall_seconds, epochs, test_acc,
+    images_per_second, gpu_busy (percent of the training window), then the run's own details."""
+    if path is None:
+        return
+    line = {
+        "kind": kind,
+        "seed": result.get("seed"),
+        "reached": result.get("reached"),
+        "train_seconds": result.get("train_seconds_to_target") or result.get("train_seconds")
+        or result.get("train_loop_seconds"),
+        "wall_seconds": result.get("wall_seconds", result.get("total_seconds")),
+        "epochs": result.get("epochs_to_target") or result.get("epochs_run"),
+        "test_acc": result.get("test_acc"),
+        "images_per_second": result.get("images_per_second"),
+        "gpu_busy": result.get("gpu_busy_percent"),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **facts,
+        **result,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 SUMMARY_KEYS = ("train_seconds_to_target", "wall_seconds", "epochs_to_target", "test_acc", "images_per_second",
@@ -209,7 +248,7 @@ def markdown_table(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="fast85", help="name in configs/ or a YAML path")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="train.py runs, one per seed (0: only the bare loop)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
@@ -218,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pil-workers", type=int, default=8)
     parser.add_argument("--log", help="append every train.py output to this file")
     parser.add_argument("--compile-cache", help="compile cache folder for every run (default: a new, empty one)")
+    parser.add_argument("--jsonl", help="append every finished run to this file as one JSON object")
+    parser.add_argument("--kind", help="the runs' `kind` in --jsonl (default: the preset's name)")
+    parser.add_argument("--runs-dir", help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, flags passed to every train.py run")
     args = parser.parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
@@ -228,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     hardware = plan_hardware(config, explicit_options(extra), with_memory=False)
     device, precision = hardware.device.torch_device, hardware.precision
     log_file = Path(args.log) if args.log else None
+    jsonl, kind = (Path(args.jsonl) if args.jsonl else None), args.kind or preset.stem
 
     record: dict[str, Any] = {
         "preset": preset.stem,
@@ -241,10 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         "config": config,
     }
     with tempfile.TemporaryDirectory(prefix="cifar_lit_bench_") as tmp, GpuBusySampler() as sampler:
-        extra = ["--compile-cache", args.compile_cache or str(Path(tmp) / "compile-cache"), *extra]
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
+        cache = args.compile_cache or str(Path(tmp) / "compile-cache")
+        extra = ["--compile-cache", cache, *extra]
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            runs.append(run_train(preset, seed, args.data_dir, Path(tmp) / f"seed{seed}", extra, sampler, log_file))
+            runs.append(run_train(preset, seed, args.data_dir, runs_dir / f"{kind}-seed{seed}", extra, sampler,
+                                  log_file))
+            append_result(jsonl, kind, runs[-1], preset=preset.stem)
             print(f"seed {seed}: {json.dumps({k: v for k, v in runs[-1].items() if k != 'val_acc_per_epoch'})}",
                   flush=True)
         record["runs"] = runs
@@ -252,16 +299,25 @@ def main(argv: list[str] | None = None) -> int:
         record["reached"] = all(run["reached"] for run in runs)
         record["gpu_busy_sampled"] = sampler.available
         if args.pil_epochs:
-            pil = run_train(preset, args.first_seed, args.data_dir, Path(tmp) / "pil",
-                            [*extra, "--data-path", "pil", "--num-workers", str(args.pil_workers),
-                             "--max-epochs", str(args.pil_epochs), "--target-acc", "1.0"], sampler, log_file)
+            pil = run_train(preset, args.first_seed, args.data_dir, runs_dir / f"{kind}-pil", [
+                *extra, "--data-path", "pil", "--num-workers", str(args.pil_workers), "--max-epochs",
+                str(args.pil_epochs), "--target-acc", "1.0"], sampler, log_file)
+            append_result(jsonl, "pil", pil, preset=preset.stem)
             record["pil_data_path"] = {key: pil[key] for key in ("images_per_second", "wall_seconds", "epochs_run",
                                                                  "gpu_busy_percent")}
             record["pil_data_path"]["epochs_note"] = "throughput run: schedule and accuracy not comparable"
-    if args.bare:
-        bare_config = dict(hardware.apply(config), seed=args.first_seed)
-        record["bare_pytorch"] = bare_training_run(bare_config, device, precision)
-        print(f"bare: {json.dumps({k: v for k, v in record['bare_pytorch'].items() if k != 'val_acc_per_epoch'})}")
+        if args.bare:
+            bare_config = dict(hardware.apply(config), seed=args.first_seed)
+            with compile_cache(cache):  # the runs' own cache: the bare loop's graphs are not the run's
+                bare = bare_training_run(bare_config, device, precision)
+            bare["seed"] = args.first_seed
+            bare["gpu_busy_percent"] = sampler.mean_between(bare["train_started_at"], bare["train_ended_at"])
+            record["bare_pytorch"] = bare
+            append_result(jsonl, "bare", bare, preset=preset.stem, device=record["device"],
+                          versions=record["versions"], git_commit=record["git_commit"], command=record["command"])
+            print(f"bare: {json.dumps({k: v for k, v in bare.items() if k != 'val_acc_per_epoch'})}", flush=True)
+    if not runs:
+        return 0  # the bare loop alone: its line is the result
 
     record["summary"] = summarize(runs)
     # The top-level fields the record format promises, as medians over the seeds.

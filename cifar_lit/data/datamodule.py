@@ -412,10 +412,12 @@ class ImageDataModule(pl.LightningDataModule):
     def preview_batch(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first `count` training images three ways, for looking at the augmentation: as stored (uint8 NHWC,
         unpadded), and as the network receives them in the first training batch (augmented, normalized NCHW), with
-        their labels. Tensor path only; a whole training batch is augmented, so a compiled augmentation sees the
-        shape it was compiled for."""
+        their labels. Tensor path only. A whole training batch is augmented, on the device training batches are
+        augmented on (with --no-data-on-device the data set stays in host memory): a compiled augmentation then sees
+        the shape and device it was compiled for."""
         padded, labels = self._as_tensors("train")
-        padded, labels = padded[: self.hparams.batch_size], labels[: self.hparams.batch_size]
+        device = self.trainer.strategy.root_device if self.trainer is not None else padded.device
+        padded, labels = padded[: self.hparams.batch_size].to(device), labels[: self.hparams.batch_size].to(device)
         augmented = self.train_transform(padded, 0, 0)[:count]
         padded, labels = padded[:count], labels[:count]
         pad_by = self.hparams.crop_padding
@@ -431,15 +433,17 @@ class ImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 batches (the tensor path) become the network's input here; training batches are augmented first.
-        Batches of the PIL path arrive normalized and only get the memory format."""
+        Batches of the PIL path arrive normalized in float32 and get the tensor path's dtype and memory format, so
+        the network (compiled for one input type) sees the same input from either path."""
         images, labels = batch
         if images.dtype == torch.uint8:
             if self.trainer is not None and self.trainer.training and self._train_loader is not None:
                 images = self.train_transform(images, *self._train_loader.next_batch_key())
             else:
                 images = self.eval_transform(images)
-        elif self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        else:
+            layout = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+            images = images.to(dtype=self._input_dtype(), memory_format=layout)
         return images, labels
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -61,3 +61,18 @@ def peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "mps":
         return torch.mps.driver_allocated_memory() / 2**20
     return None
+
+
+def steady_throughput(rates: list[float | None]) -> float | None:
+    """Images/s of a run: the median over its epochs after the first, which pays for cuDNN's autotuning and the
+    allocator's growth (the first alone when it is the only one). The Lightning run and the bare loop both report
+    this, so their ratio compares loops, not warm-ups."""
+    measured = [rate for rate in rates if rate]
+    steady = measured[1:] or measured
+    return float(sorted(steady)[len(steady) // 2]) if steady else None
+
+
+def cudnn_autotune(deterministic: bool) -> bool:
+    """Whether cuDNN times its algorithms for each new shape and keeps the fastest: what the Trainer is given
+    (`benchmark=`) and the bare loop sets, so both run the same kernels. Off for deterministic runs."""
+    return not deterministic

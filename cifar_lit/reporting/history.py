@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from cifar_lit.hardware.timing import Stopwatch
+from cifar_lit.hardware.timing import Stopwatch, steady_throughput
 from cifar_lit.phases import phase
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
@@ -81,10 +81,8 @@ class EpochHistory(RunFolderCallback):
         self.train_ended_at = time.time()
 
     def steady_images_per_second(self) -> float | None:
-        """Median training throughput over the epochs after the first (which pays for cuDNN autotuning)."""
-        rates = [row["images_per_second"] for row in self.rows if row.get("images_per_second")]
-        steady = rates[1:] or rates
-        return float(sorted(steady)[len(steady) // 2]) if steady else None
+        """The run's training throughput (`timing.steady_throughput` of its epochs)."""
+        return steady_throughput([row.get("images_per_second") for row in self.rows])
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

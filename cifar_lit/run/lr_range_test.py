@@ -113,12 +113,13 @@ class RangeTest:
     steps: int
     folder: str
     group_lrs: list[list[float]]  # per step: each parameter group's LR (conv/linear weights, norm/bias)
+    device: str  # what the sweep ran on, named as every record names it (provenance.device_description)
 
     def as_record(self) -> dict[str, Any]:
         return {**asdict(self), "method": "steepest descent of the smoothed loss against log(LR), "
                                           f"skipping {SKIP_BEGIN} points at the start and {SKIP_END} at the end",
                 "smoothing": f"exponential moving average, beta {SMOOTHING}, start-up bias corrected",
-                "device": device_description(), "versions": versions()}
+                "versions": versions()}
 
 
 def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: pl.LightningDataModule,
@@ -145,7 +146,8 @@ def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: p
     reference = config["lr_reference_batch_size"]
     flag_lr = None if suggested is None else suggested * (reference / global_batch if reference else 1.0)
     result = RangeTest(lrs.tolist(), losses.tolist(), raw.tolist(), suggested, flag_lr, finder.suggestion(),
-                       global_batch, reference, len(lrs), str(out), model.sweep_group_lrs[: len(lrs)])
+                       global_batch, reference, len(lrs), str(out), model.sweep_group_lrs[: len(lrs)],
+                       device_description(hardware.device.torch_device))
     out.mkdir(parents=True, exist_ok=True)
     title = f"LR range test: {len(lrs)} steps at batch {global_batch}"
     save_figure(lr_find_figure(lrs, losses, suggested, title, result.lightning_suggestion), out / "lr_find.png")

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.plan import HardwarePlan
+from cifar_lit.hardware.timing import cudnn_autotune
 from cifar_lit.phases import PhaseClock, PhaseTimer
 from cifar_lit.reliability.checkpoint_callbacks import FinalCheckpoint, PhasedCheckpoint, StepCheckpoint
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER, LAST_NAME, AtomicCheckpointIO, OrderedAsyncCheckpointIO
@@ -153,7 +154,7 @@ def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: Run
         logger=logger,
         callbacks=callbacks.as_list(),
         deterministic=config["deterministic"],
-        benchmark=not config["deterministic"],
+        benchmark=cudnn_autotune(config["deterministic"]),
         log_every_n_steps=config["log_every_n_steps"],
         enable_progress_bar=config["progress_bar"],
         enable_checkpointing=not config["fast_dev_run"],

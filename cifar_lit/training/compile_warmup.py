@@ -74,15 +74,20 @@ class CompileWarmup(Callback):
             return
         datamodule, context = trainer.datamodule, trainer.precision_plugin.forward_context
 
+        # As in Lightning's loop: the batch transforms run outside the precision context (Lightning calls
+        # `on_after_batch_transfer` before entering it), the steps inside. Compiled code is guarded on autocast, so
+        # a transform warmed up inside it would be compiled again at the first real batch.
         def train_step(size: int) -> torch.Tensor:
             images, labels = datamodule.example_batch(size, train=True, device=pl_module.device)
+            inputs = datamodule.train_transform(images, 0, 0)
             with context():
-                return pl_module.train_forward(datamodule.train_transform(images, 0, 0), labels)[0]
+                return pl_module.train_forward(inputs, labels)[0]
 
         def eval_step(size: int) -> None:
             images, labels = datamodule.example_batch(size, train=False, device=pl_module.device)
+            inputs = datamodule.eval_transform(images)
             with context():
-                pl_module.eval_forward(datamodule.eval_transform(images), labels)
+                pl_module.eval_forward(inputs, labels)
 
         before = cache_counts()
         with phase("warmup"):
