@@ -214,10 +214,13 @@ def forget_threshold_stop(early_stopping: EarlyStopping) -> None:
 # Lightning 2.6 messages a cifar_lit user can do nothing about. The tips advertise optional cloud products on every
 # run; the pytree deprecation comes from Lightning's own code under torch >= 2.10; the non-empty checkpoint folder
 # is the resumed run's own folder.
-UNACTIONABLE_LOG_PREFIXES = ("💡 Tip:",)
+UNACTIONABLE_LOG_PREFIXES = ("💡 Tip:", "`weights_only` was not set")
 UNACTIONABLE_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                          r"Checkpoint directory .* exists and is not empty")
-LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+# The checkpoint connector says "`weights_only` was not set" when Lightning's LR range test saves its own temporary
+# checkpoint (every save and load of the project's passes weights_only).
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                          "pytorch_lightning.trainer.connectors.checkpoint_connector")
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:

@@ -107,3 +107,15 @@ def write_own_folder(root: Path, train_per_class: int = 20, test_per_class: int 
                     image = image.convert("L")
                 image.save(folder / f"{index:03d}.png")
     return root
+
+
+def write_noise_folder(root: Path, per_class: int = 30, seed: int = 0) -> Path:
+    """CIFAR-10's class folders filled with uniform noise: nothing in an image tells its class."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("test", max(1, per_class // 3))):
+        for name in CIFAR10_CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{index:04d}.png")
+    return root

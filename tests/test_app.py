@@ -136,7 +136,8 @@ def exported(trained) -> Path:
 
 @pytest.mark.slow
 def test_the_export_has_what_a_space_needs(exported):
-    for name in ("app.py", "demo.py", "resnet.py", "requirements.txt", "README.md", "model.pt", "bundle.json"):
+    for name in ("app.py", "demo.py", "resnet.py", "pixels.py", "requirements.txt", "README.md", "model.pt",
+                 "bundle.json"):
         assert (exported / name).is_file(), name
     card = (exported / "README.md").read_text()
     assert card.startswith("---\n") and "sdk: gradio" in card and "app_file: app.py" in card and "Test accuracy" in card

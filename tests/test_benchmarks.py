@@ -111,14 +111,15 @@ def insight_out(image_folder_master, tmp_path_factory) -> Path:
 def test_insight_run_runs(insight_out):
     record = only_record(insight_out, "insight-*.json")
     assert record["lr_range_test"]["suggested_flag_lr"] > 0 and 0 <= record["test_acc"] <= 1
+    assert record["default_lr_run"]["lr"] == 0.2 and 0 <= record["default_lr_run"]["test_acc"] <= 1
     assert (insight_out / "lr_find.png").is_file() and (insight_out / "gradcam_misclassified.png").is_file()
 
 
 @pytest.mark.slow
 def test_show_summary_runs(insight_out, monkeypatch, capsys):
     assert run_in_process(monkeypatch, "show_summary.py", str(insight_out / "logs")) == 0
-    (line,) = capsys.readouterr().out.splitlines()
-    assert "reached=" in line and "test=" in line
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("reached=" in line and "test=" in line for line in lines), lines
 
 
 def test_profile_step_runs(monkeypatch, image_folder, capsys):

@@ -174,6 +174,73 @@ def test_hidden_files_beside_the_images_are_skipped(tmp_path):
     assert len(load_image_folder_split(copy, "test", resize=True)) == 18
 
 
+FORMATS = {".JPG": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG", ".PNG": "PNG", ".bmp": "BMP",
+           ".tif": "TIFF", ".gif": "GIF"}
+
+
+def test_every_picture_pillow_opens_is_used_whatever_its_suffix_and_other_files_are_named(tmp_path, caplog):
+    """A class folder of eight formats in mixed-case suffixes and a subfolder of the same: all 32 are trained on, and
+    the files that are not pictures are named in one warning with their count."""
+    copy = write_own_folder(tmp_path / "own")
+    folder = copy / "train" / "rust"
+    for old in folder.iterdir():
+        old.unlink()
+    rng = np.random.default_rng(0)
+    for where in (folder, folder / "more", folder / "more" / "deeper"):
+        where.mkdir(exist_ok=True)
+        for index, (suffix, kind) in enumerate(FORMATS.items()):
+            if where.name == "deeper" and index % 2:
+                continue
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(where / f"{index}{suffix}", kind)
+    (folder / "notes.txt").write_text("where these came from")
+    (folder / "more" / "labels.csv").write_text("a,b")
+    with caplog.at_level("INFO"):
+        split = load_image_folder_split(copy, "train", resize=True)
+    rust = list(THREE_CLASSES).index("rust")
+    assert int((split.labels == rust).sum()) == 8 + 8 + 4
+    assert "Skipped 2 file(s) of" in caplog.text and "more/labels.csv, notes.txt." in caplog.text
+    assert "Using the images in 2 subfolder(s)" in caplog.text
+
+
+def transparent_pictures(folder: Path) -> list[Path]:
+    """Three RGBA PNGs that look the same (a red square on a transparent background) but hide white, black and
+    green under their transparent pixels."""
+    paths = []
+    for name, hidden in (("white", (255, 255, 255)), ("black", (0, 0, 0)), ("green", (0, 255, 0))):
+        pixels = np.zeros((48, 48, 4), dtype=np.uint8)
+        pixels[..., :3], pixels[..., 3] = hidden, 0
+        pixels[12:36, 12:36] = (200, 30, 30, 255)
+        pixels[8:12, 8:40] = (200, 30, 30, 128)  # half transparent
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(pixels, mode="RGBA").save(paths[-1])
+    return paths
+
+
+def every_way_in(path: Path) -> dict[str, np.ndarray]:
+    """One picture as the training data, evaluate.py --images, the demo and the exported demo read it."""
+    from cifar_lit.app.demo import read_image
+    from cifar_lit.reporting.inference import read_user_image
+
+    return {"training data": decode_image(path, resize=True)[0], "evaluate.py": read_user_image(path),
+            "demo": read_image(path)}
+
+
+def test_transparent_pictures_are_seen_on_white_whatever_their_hidden_colour(tmp_path):
+    seen = [every_way_in(path) for path in transparent_pictures(tmp_path)]
+    first = seen[0]["training data"]
+    for ways in seen:
+        for way, array in ways.items():
+            assert np.array_equal(array, first), f"{way} sees the hidden colour"
+    assert (first[0, 0] == 255).all() and first[16, 16, 0] > 150 > first[16, 16, 1], "white around, red inside"
+
+
+def test_a_16_bit_picture_is_scaled_alike_in_training_evaluate_and_the_demo(tmp_path):
+    path = tmp_path / "dim.png"
+    Image.fromarray(np.full((32, 32), 8000, dtype=np.uint16)).save(path)  # dim: an eighth of the 16-bit range
+    for way, array in every_way_in(path).items():
+        assert (array == round(8000 / 257)).all(), way
+
+
 def test_one_class_is_not_a_data_set(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "one" / split / "only").mkdir(parents=True)

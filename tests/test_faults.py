@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -205,19 +206,21 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT], ids=["Ctrl-C"])  # SIGTERM: tests/test_signals.py
 def test_signal_saves_a_checkpoint_and_resume_continues(noisy_flags, tmp_path, signum):
-    logdir = tmp_path / "logs"
-    process = start_training([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "3"])
+    logdir = tmp_path / "my runs"  # a space: the printed command must still paste as it is
+    process = start_training([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "3", "--logdir", str(logdir)])
     wait_for(logdir, "version_*/metrics.csv", process)
     process.send_signal(signum)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, err
     message = [line for line in err.splitlines() if line.startswith("Stopped by signal")]
     last = only_run(logdir) / "checkpoints" / "last.ckpt"
-    assert len(message) == 1 and message[0].endswith(f"Resume with: python train.py --resume {last}")
+    assert len(message) == 1 and message[0].endswith(f"Resume with: python train.py --resume '{last}'")
     assert "weights_only" not in err
     stopped = checkpoints.load_checkpoint(last)
     assert 10 <= stopped["global_step"] < 30
-    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
+    python, script, *argv = shlex.split(message[0].split("Resume with: ")[1])
+    assert (python, script, argv) == ("python", "train.py", ["--resume", str(last)])
+    assert main(argv) == 0
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["global_steps"] == 30
     # the epoch cut by the signal reports the time of both processes, not the gap between them (or the uptime)

@@ -29,6 +29,7 @@ GPUS = {
     "T4": ("cuda", "Tesla T4", (7, 5), 15),
     "P100": ("cuda", "Tesla P100-PCIE-16GB", (6, 0), 16),
     "V100": ("cuda", "Tesla V100-SXM2-16GB", (7, 0), 16),
+    "RTX 2060": ("cuda", "NVIDIA GeForce RTX 2060", (7, 5), 6),
     "RTX 2080 Ti": ("cuda", "NVIDIA GeForce RTX 2080 Ti", (7, 5), 11),
     "RTX 3090": ("cuda", "NVIDIA GeForce RTX 3090", (8, 6), 24),
     "RTX 4090": ("cuda", "NVIDIA GeForce RTX 4090", (8, 9), 24),
@@ -45,6 +46,7 @@ EXPECTED = {
     "T4": ("16-mixed", True, True, True),
     "P100": ("16-mixed", False, False, True),
     "V100": ("16-mixed", True, True, True),
+    "RTX 2060": ("16-mixed", True, True, True),
     "RTX 2080 Ti": ("16-mixed", True, True, True),
     "RTX 3090": ("bf16-mixed", True, True, True),
     "RTX 4090": ("bf16-mixed", True, True, True),
@@ -238,6 +240,30 @@ def test_dry_run_prints_the_plan_and_touches_nothing(monkeypatch, capsys, tmp_pa
     assert "Tesla T4 (cuda:0, compute capability 7.5, 15.0 GB)" in out and "16-mixed" in out
     assert "memory" in out and "GB free" in out and f"{logdir / 'version_0'} (not created now)" in out
     assert not logdir.exists() and not data.exists(), "no run folder, no download"
+
+
+def test_a_dry_run_whose_plan_does_not_fit_says_so_and_names_what_to_lower(monkeypatch, capsys, tmp_path):
+    emulate(monkeypatch, "RTX 2060")
+    flags = ["--dry-run", "--gpus", "1", "--logdir", str(tmp_path / "logs"), "--data-dir", str(tmp_path / "none")]
+    assert main([*flags, "--batch-size", "4096"]) == 0
+    (warning,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert "on NVIDIA GeForce RTX 2060, which has 5.7 GB free: it will probably run out of memory" in warning
+    suggested = int(warning.split("about ")[1].split(" would fit")[0])
+    assert 64 <= suggested < 4096 and "Lower --batch-size (now 4096; about" in warning
+    hardware = plan.plan_hardware(config_for("--gpus", "1", "--batch-size", str(suggested)), set())
+    assert hardware.memory.total <= hardware.device.free_bytes, "the suggested batch fits by the same estimate"
+    assert main([*flags, "--batch-size", "256"]) == 0
+    assert "warning:" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_real_run_that_may_not_fit_warns_at_start_and_still_trains(image_folder, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(plan, "probe_cpu", lambda: devices.Device("cpu", 0, "a small CPU", free_bytes=64 * 2**20))
+    with caplog.at_level("INFO"):
+        assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"),
+                     "--max-epochs", "1", "--target-acc", "1.0"]) == 0
+    assert any(message.startswith("warning: this run needs") and "a small CPU, which has 0.1 GB free" in message
+               for message in caplog.messages), caplog.messages[:12]
 
 
 @pytest.mark.slow

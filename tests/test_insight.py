@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 from helpers import EVERY_EPOCH_FIGURES, TINY_FLAGS
+from synthetic import write_noise_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reporting.gradcam import class_activation_maps, maps_for_predictions, network_layer
 from cifar_lit.reporting.model_summary import model_summary_text
-from cifar_lit.run.lr_range_test import keep_group_ratios, smoothed, steepest_descent_lr
+from cifar_lit.run.lr_range_test import centred_average, guessing_loss, keep_group_ratios, steepest_descent_lr
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_sgd
@@ -72,25 +73,48 @@ def test_drawing_maps_compiles_nothing_again():
 
 
 def test_a_layer_that_does_not_exist_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match="layer9.*choose one of conv1, bn1, layer1, layer2, layer3, layer4, linear"):
+    with pytest.raises(ConfigError, match=r"layer9.*choose one of conv1, bn1, layer1, layer2, layer3, layer4 or a"):
         network_layer(CIFARClassifier(width=8).model, "layer9")
 
 
-def test_the_lr_suggestion_is_the_steepest_point_in_log_lr():
+def test_a_layer_without_spatial_maps_is_refused_and_a_block_inside_a_stage_is_taken():
+    network = CIFARClassifier(width=8).model
+    with pytest.raises(ConfigError, match=r"'linear' has no spatial maps.*layer4 or a block inside one"):
+        network_layer(network, "linear")
+    assert network_layer(network, "layer3.1.conv2") is network.layer3[1].conv2
+
+
+def test_gradcam_layer_linear_is_refused_by_train_py_at_start_up(image_folder, tmp_path, capsys):
+    logdir = tmp_path / "logs"
+    assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--gradcam-layer",
+                 "linear"]) == 2
+    assert "error: --gradcam-layer 'linear' has no spatial maps" in capsys.readouterr().err
+    assert not list(logdir.glob("version_*")), "refused before a run folder exists"
+
+
+def test_the_lr_suggestion_is_the_steepest_point_in_log_lr_below_the_minimum():
     lrs = np.logspace(-4, 1, 100)
-    steepest = 10 ** -1.5
+    steepest = 10 ** -2.5
     losses = 2.0 - np.tanh(3.0 * (np.log10(lrs) - np.log10(steepest)))  # falls fastest at `steepest`
-    suggested = steepest_descent_lr(lrs, losses)
-    assert suggested == pytest.approx(steepest, rel=0.15)
-    assert steepest_descent_lr(lrs[:12], np.full(12, np.nan)) is None
-    diverged = np.concatenate([losses, np.linspace(losses[-1], 6.0, 30)[1:], np.linspace(6.0, 4.0, 40)])
-    wide = np.logspace(-4, 3, len(diverged))
-    assert steepest_descent_lr(wide, diverged) < wide[len(losses)], "the fall after divergence is not a suggestion"
+    losses += np.where(lrs > 0.05, 40 * (np.log10(lrs) - np.log10(0.05)) ** 2, 0.0)  # then diverges
+    suggested = steepest_descent_lr(lrs, losses, skip=5)
+    assert suggested == pytest.approx(steepest, rel=0.15) and suggested < lrs[np.argmin(losses)]
+    assert steepest_descent_lr(lrs[:12], np.full(12, np.nan), skip=2) is None
+    assert steepest_descent_lr(lrs, np.linspace(1.0, 3.0, 100), skip=5) is None, "lowest at the start: no descent"
 
 
-def test_the_smoothing_starts_at_the_first_loss_not_half_of_it():
-    curve = smoothed(np.array([2.3, 2.3, 2.3, float("nan"), 2.3]))
-    assert np.allclose(curve[[0, 1, 2, 4]], 2.3) and np.isnan(curve[3])
+def test_the_smoothing_is_centred_so_the_curve_does_not_lag():
+    step = np.r_[np.full(50, 2.3), np.full(50, 1.3)]
+    curve = centred_average(step, 5)
+    assert curve[44] == pytest.approx(2.3) and curve[55] == pytest.approx(1.3)
+    assert curve[49] > 1.8 > curve[50], "the drop stays where it happened"
+    assert np.isnan(centred_average(np.array([2.3, float("nan"), 2.3]), 1)[1])
+
+
+def test_guessing_loss_is_the_entropy_of_the_label_smoothed_class_frequencies():
+    assert guessing_loss(np.repeat(np.arange(10), 3), 10, 0.1) == pytest.approx(np.log(10))
+    skewed = guessing_loss(np.array([0] * 90 + [1] * 10), 2, 0.0)
+    assert skewed == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)))
 
 
 def test_the_norm_bias_group_keeps_its_lr_ratio_during_the_sweep():
@@ -116,21 +140,40 @@ def test_find_lr_writes_its_plot_and_json_and_touches_no_run(image_folder, tmp_p
     # The record names the device the sweep ran on (a GPU run's record once named the CPU).
     monkeypatch.setattr(lr_range_test, "device_description", lambda device=None: f"the device {device}")
     logdir = tmp_path / "logs"
-    assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--find-lr",
-                 "--lr-find-steps", "30", "--norm-bias-lr-scale", "0.5"]) == 0
+    # --max-epochs 1 holds 10 steps of this set: the sweep re-reads it to run the 30 asked for.
+    flags = [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--find-lr", "--lr-find-steps",
+             "30", "--norm-bias-lr-scale", "0.5", "--max-epochs", "1"]
+    assert main(flags) == 0
     out = capsys.readouterr().out
     assert "Suggested --lr: " in out
-    record = json.loads((logdir / "lr_find" / "lr_find.json").read_text())
-    assert len(record["lrs"]) == len(record["losses"]) == len(record["raw_losses"]) == 30
-    assert record["suggested_lr"] in record["lrs"]
+    record = json.loads((logdir / "lr_find_0" / "lr_find.json").read_text())
+    assert len(record["lrs"]) == len(record["losses"]) == len(record["raw_losses"]) == record["steps_asked"] == 30
+    assert record["suggested_lr"] in record["lrs"] and record["suggested_lr"] < record["lowest_loss_lr"]
+    assert record["lowest_loss"] < 0.95 * record["guessing_loss"] and record["problem"] is None
     assert record["device"] == "the device cpu"
-    assert record["losses"][0] == pytest.approx(record["raw_losses"][0]), "smoothing starts at the first loss"
     assert all(norm_bias == pytest.approx(0.5 * weights) for weights, norm_bias in record["group_lrs"])
     assert record["group_lrs"][-1][0] > 100 * record["group_lrs"][0][0], "the sweep raised the LR"
     assert record["suggested_flag_lr"] == pytest.approx(record["suggested_lr"] * 30 / 30)
     assert f"{record['suggested_flag_lr']:.3g}" in out
-    assert (logdir / "lr_find" / "lr_find.png").stat().st_size > 10_000
+    assert (logdir / "lr_find_0" / "lr_find.png").stat().st_size > 10_000
     assert not list(logdir.glob("version_*")) and not list(tmp_path.rglob("*.ckpt")), "no run, no checkpoint"
+    assert main(flags) == 0
+    assert (logdir / "lr_find_1" / "lr_find.json").is_file(), "a second sweep keeps the first one's results"
+
+
+@pytest.mark.slow
+def test_noise_gets_no_suggestion_and_lr_auto_refuses_to_train_on_one(tmp_path, capsys):
+    noise = write_noise_folder(tmp_path / "noise")
+    logdir = tmp_path / "logs"
+    assert main([*TINY_FLAGS, "--data-dir", str(noise), "--logdir", str(logdir), "--lr", "auto",
+                 "--lr-find-steps", "30"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the sweep's progress bar
+    assert err.startswith("error: The LR range test (30 steps) gives no suggestion: the training loss never fell "
+                          "below what guessing scores (2.303"), err
+    assert "Give --lr a number" in err and str(logdir / "lr_find_0" / "lr_find.png") in err
+    assert not list(logdir.glob("version_*")), "nothing trained"
+    record = json.loads((logdir / "lr_find_0" / "lr_find.json").read_text())
+    assert record["suggested_lr"] is None and record["lowest_loss"] > 0.95 * record["guessing_loss"]
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +187,11 @@ def insight_run(image_folder_master, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_lr_auto_trains_with_the_range_tests_suggestion(insight_run):
+def test_lr_auto_trains_with_the_range_tests_suggestion_and_keeps_its_plot_in_the_run(insight_run):
     summary = json.loads((insight_run / "summary.json").read_text())
     suggested = summary["lr_range_test"]["suggested_flag_lr"]
+    assert summary["lr_range_test"]["folder"] == str(insight_run / "lr_find")
+    assert (insight_run / "lr_find" / "lr_find.png").is_file() and not list(insight_run.parent.glob("lr_find_*"))
     config = yaml.safe_load((insight_run / "config.yaml").read_text())
     assert config["lr"] == float(f"{suggested:.3g}") == summary["config"]["lr"]
     checkpoint = torch.load(insight_run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -162,6 +207,17 @@ def test_a_run_draws_gradcam_grids_the_augmented_batch_and_its_model_summary(ins
         assert (insight_run / name).stat().st_size > 10_000
     summary_text = (insight_run / "model_summary.txt").read_text()
     assert "width 8, 10 classes" in summary_text and "Total params" in summary_text
+
+
+@pytest.mark.slow
+def test_gradcam_layer_linear_is_refused_by_evaluate_py_before_it_writes(insight_run, tmp_path, capsys):
+    from cifar_lit.reporting.evaluate import main as evaluate
+
+    best = next((insight_run / "checkpoints").glob("best-*.ckpt"))
+    report = tmp_path / "report"
+    assert evaluate(["--ckpt", str(best), "--gpus", "0", "--out", str(report), "--gradcam-layer", "linear"]) == 2
+    assert "error: --gradcam-layer 'linear' has no spatial maps" in capsys.readouterr().err
+    assert not report.exists(), "nothing half-written"
 
 
 @pytest.mark.slow

@@ -256,6 +256,10 @@ def test_unactionable_messages_are_hidden_and_still_exist(tmp_path, caplog, recw
     compat.hide_unactionable_messages()
     trainer(tmp_path, logger=TensorBoardLogger(tmp_path))
     assert "💡 Tip:" not in caplog.text and "GPU available" in caplog.text, "only the tips are hidden"
+    fitted = trainer(tmp_path, max_epochs=1)
+    fitted.fit(Tiny(accuracies=(0.5,)))
+    fitted.save_checkpoint(tmp_path / "as_lr_find_saves.ckpt")  # weights_only not given, as Lightning's lr_find
+    assert "weights_only" not in caplog.text
     warnings.warn("Checkpoint directory /x exists and is not empty.", UserWarning, stacklevel=1)
     warnings.warn("something a user can act on", UserWarning, stacklevel=1)
     assert [str(w.message) for w in recwarn] == ["something a user can act on"]

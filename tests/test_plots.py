@@ -30,7 +30,7 @@ FIGURES = {
         RNG.integers(0, 9, (100, 100)), [f"class_{i:02d}" for i in range(100)], "Confusion matrix, 100 classes"),
     "per class": lambda: plots.per_class_accuracy_figure(RNG.random(10), NAMES, "Accuracy per class, test set"),
     "lr range test": lambda: plots.lr_find_figure(np.logspace(-5, 0, 50), np.linspace(2.3, 1.0, 50), 1e-2, "LR",
-                                                  2e-3),
+                                                  2e-3, np.linspace(2.4, 0.9, 50), 2.3),
     "prediction grid": lambda: plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, NAMES, "Misclassified images"),
     "empty grid": lambda: plots.prediction_grid_figure(IMAGES[:0], [], [], NAMES,
                                                        "Misclassified test images (0 shown), best checkpoint"),

@@ -25,8 +25,10 @@ from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 
 try:  # inside the package
+    from cifar_lit.data.pixels import read_picture
     from cifar_lit.models.resnet import resnet18
-except ImportError:  # in an exported folder, beside resnet.py
+except ImportError:  # in an exported folder, beside pixels.py and resnet.py
+    from pixels import read_picture  # type: ignore[no-redef]
     from resnet import resnet18  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
@@ -73,22 +75,10 @@ class Bundle:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Any picture as 32x32 RGB uint8: converted to RGB, centre-cropped to a square, resized with antialiasing
-    (what evaluate.py --images does; written again here because this file must run without cifar_lit). ValueError
-    with a readable reason when it is not an image."""
+    """Any picture as 32x32 RGB uint8, converted as the training data and evaluate.py --images convert it
+    (`pixels.read_picture`). ValueError with a readable reason when it is not an image."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith("I;16") or image.mode == "I":
-                values = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray((values * (255.0 / max(values.max(), 255.0))).astype(np.uint8), mode="L")
-            image = image.convert("RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side))
-            if image.size != (SIZE, SIZE):
-                image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
+        return read_picture(path, SIZE)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for files that are not images
         raise ValueError(f"{Path(path).name} is not an image that can be read ({type(error).__name__})") from None
 

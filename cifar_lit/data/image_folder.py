@@ -2,9 +2,12 @@
 cache.
 
 The class list is the sorted class-folder names, as torchvision's ImageFolder orders them (for CIFAR-10's ten names
-that is also CIFAR-10's label order). Images must be 32x32 unless `resize` is set, in which case each is
-centre-cropped to a square and resized to 32x32 once, when it is decoded (the cache key includes it). Grayscale,
-palette, RGBA and 16-bit images become 8-bit RGB, and the log says how many. Every problem names the file or folder.
+that is also CIFAR-10's label order). Every file Pillow can open is an image, whatever the case of its suffix, also
+in subfolders of a class folder (as ImageFolder takes them); other files are skipped and named in the log, with their
+count. Images must be 32x32 unless `resize` is set, in which case each is centre-cropped to a square and resized to
+32x32 once, when it is decoded (the cache key includes it). Grayscale, palette, transparent and 16-bit images become
+8-bit RGB through `pixels.to_rgb`, the conversion every other way in uses too, and the log says how many. Every
+problem names the file or folder.
 """
 
 from __future__ import annotations
@@ -19,25 +22,47 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cifar_lit.data.constants import IMAGE_SIZE, IMAGE_SUFFIXES
+from cifar_lit.data.constants import IMAGE_SIZE
+from cifar_lit.data.pixels import is_picture_name, picture_array
 from cifar_lit.data.split import SPLITS, Split
 from cifar_lit.reliability.errors import DataError
 from cifar_lit.reliability.files import atomic_file
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = "2"  # 2: the class list and the resize setting are part of the key
+CACHE_FORMAT_VERSION = "3"  # 2: the class list and the resize setting are part of the key; 3: alpha on white
 LAYOUT_HINT = (
     "An image folder holds train/<class>/ and test/<class>/: one folder per class (at least two, the same names in "
-    f"both), each with {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images of {IMAGE_SIZE}x{IMAGE_SIZE} "
+    f"both), each with images (PNG, JPEG, WebP, BMP, TIFF, GIF... any file Pillow opens) of {IMAGE_SIZE}x{IMAGE_SIZE} "
     "pixels (other sizes with --resize)."
 )
 MIN_CLASSES = 2
+SHOWN = 3  # file names quoted in a log line about skipped files
 
 
-def is_image_file(name: str) -> bool:
-    """A visible file with an image suffix (macOS's `._name` resource forks and other hidden files are not)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+def walk_class_folder(folder: Path) -> tuple[list[os.DirEntry], list[str], int]:
+    """(image entries, names of other files, subfolders that held images) under a class folder, its subfolders
+    included. Hidden files and folders (macOS's `._name` forks, `.cache`) are not looked at."""
+    images: list[os.DirEntry] = []
+    others: list[str] = []
+    nested = 0
+    pending = [Path(folder)]
+    while pending:
+        current = pending.pop()
+        found = 0
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    pending.append(Path(entry.path))
+                elif is_picture_name(entry.name):
+                    images.append(entry)
+                    found += 1
+                else:
+                    others.append(os.path.relpath(entry.path, folder))
+        nested += found > 0 and current != Path(folder)
+    return images, others, nested
 
 
 def class_folders(root: Path, split: str) -> list[str]:
@@ -69,17 +94,22 @@ def list_image_folder(root: Path, split: str, classes: tuple[str, ...]) -> list[
         folder = root / split / name
         if not folder.is_dir():
             raise DataError(f"{root / split} lacks the class folder {name}. {LAYOUT_HINT}")
-        with os.scandir(folder) as entries:  # names sorted as strings: the order of sorted Paths, 5x faster
-            images = [entry for entry in entries if is_image_file(entry.name)]
-        broken = [entry.name for entry in images if entry.is_symlink() and not entry.is_file()]
+        images, others, nested = walk_class_folder(folder)
+        broken = [entry.path for entry in images if entry.is_symlink() and not entry.is_file()]
         if broken:
-            raise DataError(f"{folder / broken[0]} is a link to a file that does not exist"
+            raise DataError(f"{broken[0]} is a link to a file that does not exist"
                             f"{f' ({len(broken)} such links in {folder})' if len(broken) > 1 else ''}. Fix the "
                             "link's target or remove the link.")
-        names = sorted(entry.name for entry in images if entry.is_file())
-        if not names:
+        if others:
+            log.warning("Skipped %d file(s) of %s that are not images Pillow can open: %s%s.", len(others), folder,
+                        ", ".join(sorted(others)[:SHOWN]), ", ..." if len(others) > SHOWN else "")
+        if nested:
+            log.info("Using the images in %d subfolder(s) of %s as class %s too.", nested, folder, name)
+        # Paths sorted as strings: the order of sorted Paths, 5x faster.
+        paths = sorted(entry.path for entry in images if entry.is_file())
+        if not paths:
             raise DataError(f"The class folder {folder} holds no images. {LAYOUT_HINT}")
-        files.extend((folder / file_name, label) for file_name in names)
+        files.extend((Path(path), label) for path in paths)
     return files
 
 
@@ -91,46 +121,22 @@ def count_images(root: Path) -> tuple[int, int]:
         if (root / split).is_dir():
             for folder in os.scandir(root / split):
                 if folder.is_dir() and not folder.name.startswith("."):
-                    with os.scandir(folder.path) as entries:
-                        total += sum(is_image_file(entry.name) for entry in entries)
+                    total += len(walk_class_folder(Path(folder.path))[0])
         counts.append(total)
     return counts[0], counts[1]
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-    """8-bit RGB, and the mode it came in when that was another (16-bit grayscale scaled down, not clipped)."""
-    if image.mode == "RGB":
-        return image, None
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.uint32)
-        high = 65535 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255
-        gray = (values.astype(np.float64) * (255.0 / high)).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB"), image.mode
-    return image.convert("RGB"), image.mode
-
-
-def square_resize(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    """Centre-crop to a square, then resize with antialiasing (what evaluate.py does to a photo)."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
 def decode_image(path: Path, resize: bool = False) -> tuple[np.ndarray, str | None]:
     """A 32x32 RGB uint8 array from an image file, with the mode it was converted from; DataError naming the file."""
     try:
         with Image.open(path) as image:
-            image.load()
             if image.size != (IMAGE_SIZE, IMAGE_SIZE) and not resize:
                 raise DataError(
                     f"{path} is {image.size[0]}x{image.size[1]} pixels; images must be {IMAGE_SIZE}x{IMAGE_SIZE}. "
                     "Pass --resize to resize every image to 32x32 once (when it is first decoded), or resize the "
                     "file or remove it from the data folder."
                 )
-            rgb, converted = to_rgb(image)
-            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-                rgb = square_resize(rgb)
-            return np.asarray(rgb, dtype=np.uint8), converted
+            return picture_array(image, IMAGE_SIZE)
     except DataError:
         raise
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for broken files

@@ -67,6 +67,21 @@ class HardwarePlan:
         """`config` with the planned values in place of the ones it left to the plan."""
         return {**config, **{name: getattr(self, name) for name in PLANNED}}
 
+    def memory_warning(self, batch_size: int) -> str | None:
+        """One `warning:` line when the run's estimate exceeds what the device has free, naming what to lower; None
+        when it fits or the device reports no free memory. Only a warning: the estimate is not exact."""
+        free, memory = self.device.free_bytes, self.memory
+        if memory is None or free is None or memory.total <= free:
+            return None
+        fixed = memory.total - memory.activation_bytes  # what does not shrink with the batch
+        fits = int(batch_size * (free - fixed) / memory.activation_bytes) if free > fixed else 0
+        lower = [f"--batch-size (now {batch_size}; about {2 ** (fits.bit_length() - 1)} would fit)" if fits
+                 else f"--batch-size (now {batch_size})"]
+        if memory.data_bytes:
+            lower.append("keep the data set in host memory with --no-data-on-device")
+        return (f"warning: this run needs {memory.describe()} on {self.device.name}, which has {free / GB:.1f} GB "
+                f"free: it will probably run out of memory. Lower {' or '.join(lower)}.")
+
     def lines(self) -> list[str]:
         lines = [f"Hardware plan: {self.device.describe()}, {self.devices} device(s)"]
         for name in PLANNED:

@@ -16,7 +16,13 @@ from cifar_lit.reliability.run_folder import RunFolderCallback
 
 
 class PhasedCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint; the hooks in which it may save count as the checkpoints phase."""
+    """Lightning's ModelCheckpoint; the hooks in which it may save count as the checkpoints phase. `{epoch}` in a
+    file name counts from 1, as every message, metrics.csv and the progress bar do (Lightning counts from 0)."""
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": int(metrics["epoch"]) + 1}
+        return super().format_checkpoint_name(metrics, *args, **kwargs)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -24,19 +24,18 @@ log = logging.getLogger("cifar_lit")
 RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
 
 
-def next_free_version(logdir: Path) -> Path:
-    """The first version_N folder after the existing ones (not created)."""
-    taken = [int(p.name.split("_")[1]) for p in logdir.glob("version_*") if p.name.split("_")[1].isdigit()]
-    return logdir / f"version_{max(taken, default=-1) + 1}"
+def next_free_version(logdir: Path, prefix: str = "version_") -> Path:
+    """The first <prefix>N folder (version_N) after the existing ones (not created)."""
+    taken = [int(p.name[len(prefix):]) for p in logdir.glob(f"{prefix}*") if p.name[len(prefix):].isdigit()]
+    return logdir / f"{prefix}{max(taken, default=-1) + 1}"
 
 
-def next_version_dir(logdir: Path) -> Path:
-    """The first free version_N folder, created now so no other run takes it."""
+def next_version_dir(logdir: Path, prefix: str = "version_") -> Path:
+    """The first free <prefix>N folder, created now so no other run takes it."""
     logdir.mkdir(parents=True, exist_ok=True)
-    candidate = next_free_version(logdir)
-    number = int(candidate.name.split("_")[1])
+    number = int(next_free_version(logdir, prefix).name[len(prefix):])
     while True:
-        candidate = logdir / f"version_{number}"
+        candidate = logdir / f"{prefix}{number}"
         try:
             candidate.mkdir()
             return candidate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from cifar_lit.reliability.checkpoints import checkpoint_file, run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reporting.export_app import write_app_folder
-from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
+from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions, network_layer
 from cifar_lit.reporting.history import read_history_csv
 from cifar_lit.reporting.inference import (
     TrainedModel,
@@ -156,6 +157,8 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
 def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.device, batch_size: int,
                  tta: bool, gradcam_layer: str | None = DEFAULT_LAYER) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
+    if gradcam_layer:
+        network_layer(model.module.model, gradcam_layer)  # a layer without maps is refused before anything is written
     test = evaluation_split(model, data_dir)
     classes = model.class_names
     metrics, predictions = evaluate_images(model, test.images, test.labels, batch_size, flip_tta=tta, device=device)
@@ -329,7 +332,7 @@ def export_app(args: argparse.Namespace, device: torch.device) -> int:
     test = evaluation_split(model, data_dir) if data_dir.exists() else None
     write_app_folder(out, args.ckpt, test, device, model)
     gallery = "" if test is not None else f" (no examples or gallery: {data_dir} is not there; give --data-dir)"
-    print(f"Wrote the web demo to {out}{gallery}. Run it with: cd {out} && python app.py")
+    print(f"Wrote the web demo to {out}{gallery}. Run it with: cd {shlex.quote(str(out))} && python app.py")
     return 0
 
 

@@ -26,7 +26,8 @@ from cifar_lit.reporting.inference import TrainedModel, evaluate_images, load_tr
 from cifar_lit.reporting.plots import spread_over_classes
 
 PACKAGE = Path(__file__).resolve().parents[1]
-DEMO_FILES = {"demo.py": PACKAGE / "app" / "demo.py", "resnet.py": PACKAGE / "models" / "resnet.py"}
+DEMO_FILES = {"demo.py": PACKAGE / "app" / "demo.py", "resnet.py": PACKAGE / "models" / "resnet.py",
+              "pixels.py": PACKAGE / "data" / "pixels.py"}
 EXAMPLES, GALLERY = 10, 24
 ENLARGE = 4  # gallery and example images are 32x32: stored enlarged (nearest neighbour) so a browser shows pixels
 APP_PY = '''"""Entry point of the exported demo (a Hugging Face Space runs `python app.py`): host and port come from
@@ -127,8 +128,8 @@ def space_card(meta: dict[str, Any]) -> str:
 
 def write_app_folder(out: Path, checkpoint: Path, test: Any | None, device: torch.device | str = "cpu",
                      model: TrainedModel | None = None) -> Path:
-    """A folder that runs the demo without cifar_lit: app.py, demo.py, resnet.py, requirements.txt, README.md, and
-    the bundle."""
+    """A folder that runs the demo without cifar_lit: app.py, demo.py, resnet.py, pixels.py, requirements.txt,
+    README.md, and the bundle."""
     out = Path(out)
     write_bundle(out, checkpoint, test, device, model)
     for name, source in DEMO_FILES.items():

@@ -13,8 +13,9 @@ mode and every parameter's `.grad` left as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
@@ -25,14 +26,44 @@ from cifar_lit.reliability.errors import ConfigError
 DEFAULT_LAYER = "layer3"
 
 
-def network_layer(network: nn.Module, name: str) -> nn.Module:
-    """The submodule `name` ("layer3", "layer3.1", "layer4.0.conv2"...), or a ConfigError listing the choices."""
+def output_dims(network: nn.Module, layers: list[nn.Module]) -> list[int]:
+    """How many dimensions each of `layers` outputs, from one forward pass of a blank 32x32 image (eval mode and no
+    grad: nothing of the network changes)."""
+    dims: dict[int, int] = {}
+
+    def note(index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:  # returns None: the output stays as it is
+            dims.setdefault(index, out.dim() if isinstance(out, torch.Tensor) else 0)
+        return hook
+
+    hooks = [layer.register_forward_hook(note(index)) for index, layer in enumerate(layers)]
+    parameter = next(network.parameters())
     try:
-        return network.get_submodule(name)
+        with untouched(network), torch.no_grad():
+            network(torch.zeros(1, 3, 32, 32, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [dims.get(index, 0) for index in range(len(layers))]
+
+
+def network_layer(network: nn.Module, name: str) -> nn.Module:
+    """The submodule `name` ("layer3", "layer3.1", "layer4.0.conv2"...) when it outputs maps (N, C, H, W) that
+    Grad-CAM can weigh; a ConfigError listing the layers that do, otherwise."""
+    children = dict(network.named_children())
+    try:
+        layer = network.get_submodule(name)
     except AttributeError:
-        choices = [child for child, _ in network.named_children()]
-        raise ConfigError(f"--gradcam-layer {name!r} is not a layer of the network; choose one of "
-                          f"{', '.join(choices)} or a block inside one (e.g. layer3.1).") from None
+        layer = None
+    *child_dims, layer_dims = output_dims(network, [*children.values(), layer or network])
+    spatial = [child for child, dims in zip(children, child_dims, strict=True) if dims == 4]
+    choices = f"choose one of {', '.join(spatial)} or a block inside one (e.g. layer3.1)"
+    if layer is None:
+        raise ConfigError(f"--gradcam-layer {name!r} is not a layer of the network; {choices}.")
+    if layer_dims != 4:
+        raise ConfigError(f"--gradcam-layer {name!r} has no spatial maps to weigh (Grad-CAM needs a layer whose "
+                          f"output is channels x height x width); {choices}.")
+    return layer
 
 
 @contextmanager
@@ -58,7 +89,7 @@ def class_activation_maps(network: nn.Module, images: torch.Tensor, classes: tor
     device_type = images.device.type
     with untouched(network), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         inputs = images.detach().float().clone()  # a fresh tensor: never an inference tensor, never bf16
-        cam = LayerGradCam(network, network_layer(network, layer))
+        cam = LayerGradCam(network, network.get_submodule(layer))  # checked at start-up (network_layer)
         maps = cam.attribute(inputs, target=classes.to(images.device).long(), relu_attributions=True)
         maps = LayerAttribution.interpolate(maps.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
     maps = maps[:, 0].clamp(min=0.0)

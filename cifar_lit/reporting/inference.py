@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
-from cifar_lit.data.image_folder import square_resize, to_rgb
+from cifar_lit.data.pixels import read_picture
 from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import check_compatible, datamodule_state, load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
@@ -107,20 +106,15 @@ def predict_probabilities(model: TrainedModel, images: np.ndarray, device: torch
 
 
 def read_user_image(path: Path) -> np.ndarray:
-    """Any picture as a 32x32 RGB uint8 array: converted to 8-bit RGB, centre-cropped to a square, then resized
-    with antialiasing (as `--resize` does to a data set)."""
+    """Any picture as a 32x32 RGB uint8 array, converted as the training data was (`data.pixels`)."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
-        raise DataError(f"The image {path} {what}. Give paths of PNG or JPEG files to --images.")
+        raise DataError(f"The image {path} {what}. Give paths of image files (PNG, JPEG, WebP...) to --images.")
     try:
-        with Image.open(path) as image:
-            rgb, _ = to_rgb(image)
-            return np.asarray(square_resize(rgb) if rgb.size != (IMAGE_SIZE, IMAGE_SIZE) else rgb, dtype=np.uint8)
-    except Exception as error:
-        raise DataError(
-            f"Cannot read {path} as an image ({type(error).__name__}: {error}). Give PNG or JPEG files to --images."
-        ) from None
+        return read_picture(path, IMAGE_SIZE)
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for files that are not images
+        raise DataError(f"Cannot read {path} as an image ({type(error).__name__}: {error}).") from None
 
 
 def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:

@@ -218,12 +218,19 @@ def prediction_grid_figure(
 
 
 def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, title: str,
-                   lightning_suggested: float | None = None) -> Figure:
-    """The LR range test: smoothed training loss against the learning rate on a log axis, the suggestion marked."""
+                   lightning_suggested: float | None = None, raw_losses: Sequence[float] | None = None,
+                   guessing_loss: float | None = None) -> Figure:
+    """The LR range test: the training loss of each step (faint) and its smoothed curve against the learning rate
+    on a log axis, the suggestion marked, and the loss of guessing for reference."""
     figure = new_figure(6.4, 4.2)
     axis = figure.add_subplot()
+    if raw_losses is not None:
+        axis.plot(lrs, raw_losses, color=BLUE, alpha=0.25, linewidth=0.8, label="loss of each step")
     axis.plot(lrs, losses, color=BLUE, linewidth=1.8, label="loss (smoothed)")
     axis.set_xscale("log")
+    if guessing_loss is not None:
+        axis.axhline(guessing_loss, color=GREY, linestyle="-.", linewidth=1.0,
+                     label=f"guessing the class frequencies ({guessing_loss:.2f})")
     if suggested is not None:
         axis.axvline(suggested, color=VERMILLION, linestyle="--", linewidth=1.4,
                      label=f"suggested {suggested:.3g} (steepest in log LR)")
@@ -233,12 +240,14 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: flo
     finite = [loss for loss in losses if np.isfinite(loss)]
     if finite:
         low, high = min(finite), np.percentile(finite, 95)
+        if guessing_loss is not None:
+            low, high = min(low, guessing_loss), max(high, guessing_loss)
         axis.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     axis.set_xlabel("learning rate (this run's global batch)", fontsize=11)
     axis.set_ylabel("training loss", fontsize=11)
     axis.set_title(title, fontsize=12)
     axis.grid(True, which="both", alpha=0.25)
-    axis.legend(fontsize=9)
+    axis.legend(fontsize=8)
     return figure
 
 

@@ -67,6 +67,11 @@ def command_line(argv: list[str] | None = None, program: str | None = None) -> s
     return shlex.join(["python", *program.split(), *(sys.argv[1:] if argv is None else argv)])
 
 
+def shell_command(program: str, *args: object) -> str:
+    """`python <program> args...` quoted for a POSIX shell, so a path with a space pastes as one word."""
+    return shlex.join(["python", program, *(str(arg) for arg in args)])
+
+
 def record_stem(name: str, device: str, date: str, label: str | None = None) -> str:
     """'<name>-<device slug>[-<label>]-<date>': how the records under benchmarks/results/ are named."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()

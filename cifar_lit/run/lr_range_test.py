@@ -3,22 +3,29 @@ suggests the one-cycle peak; `--lr auto` does it first and then trains with the 
 
 Lightning's Tuner.lr_find runs the sweep on a Trainer of its own (no logger, no checkpoints, its temporary
 checkpoint in a temporary folder), so no run folder is touched and nothing is left behind. What is added to it:
-- the suggestion is the steepest descent of the smoothed loss against log(LR), up to the loss's minimum (past it
-  the loss has diverged): Lightning 2.6.6 takes the gradient against the LR itself, which on an exponential sweep
-  leans towards the low end (Lightning issue #21141);
-- the loss is smoothed here from the raw losses: Lightning's own smoothing corrects its bias with the step count
-  after the optimizer step, one too many, which halves the first points and draws a false rise at the start;
+- the sweep runs the steps asked for, re-reading the training set as often as that takes, whatever --max-epochs
+  says (the throwaway Trainer gets the epochs the steps need);
+- the loss is smoothed by a centred average over a quarter of a decade of LR: Lightning's exponential average (and
+  fastai's) lags by about 50 steps at its beta of 0.98, which on a 100-step sweep shifts the curve half a decade to
+  the right and put the suggestion on the loss's minimum;
+- the suggestion is the steepest descent of that curve against log(LR), searched below the LR of its minimum (past
+  it the loss rises); Lightning 2.6.6 takes the gradient against the LR itself, which on an exponential sweep leans
+  towards the low end (Lightning issue #21141);
+- no suggestion when the loss never fell below what guessing scores (predicting the class frequencies of the
+  training labels, label smoothing included): pure noise, too few steps, or a broken set-up;
 - the norm/bias parameter group keeps its own LR ratio (`norm_bias_lr_scale`) while Lightning's sweep sets every
   group to the same rate;
 - the swept LR is this run's real LR for its global batch, and the printed suggestion is converted back to what
   `--lr` means (per `lr_reference_batch_size` images).
-Results: `<logdir>/lr_find/lr_find.png` (loss against LR, log scale, the suggestion marked) and `lr_find.json`.
+Results: `lr_find.png` (loss against LR, log scale, the suggestion marked) and `lr_find.json`, in the run's folder
+(`--lr auto`) or in `<logdir>/lr_find_N/` (`--find-lr`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,38 +46,52 @@ from cifar_lit.training.module import CIFARClassifier
 log = logging.getLogger("cifar_lit")
 
 MIN_LR, MAX_LR = 1e-4, 10.0  # the sweep's range, in real LR for the run's global batch
-SKIP_BEGIN, SKIP_END = 10, 1  # points left out of the slope at each end, as Lightning's own suggestion does
-SMOOTHING = 0.98  # of the loss curve, as Lightning's
+SMOOTHING_DECADES = 0.25  # half-width of the centred average, in decades of LR
+DIVERGED = 4.0  # Lightning stops the sweep when the loss exceeds this many times its lowest
+MIN_FALL = 0.05  # the lowest smoothed loss must lie this share below guessing's loss to count as learning
 FOLDER = "lr_find"
 
 
-def smoothed(losses: np.ndarray, beta: float = SMOOTHING) -> np.ndarray:
-    """Exponential moving average with its start-up bias corrected (Adam's correction: point i divided by
-    1 - beta**(i + 1)); non-finite losses stay non-finite and do not enter the average."""
-    out, average, seen = np.full(len(losses), np.nan), 0.0, 0
-    for index, loss in enumerate(np.asarray(losses, dtype=float)):
-        if np.isfinite(loss):
-            average, seen = beta * average + (1 - beta) * loss, seen + 1
-            out[index] = average / (1 - beta**seen)
+def centred_average(losses: np.ndarray, half: int) -> np.ndarray:
+    """Each point the mean of the finite losses within `half` points on either side (fewer at the ends): no lag."""
+    losses = np.asarray(losses, dtype=float)
+    out = np.full(len(losses), np.nan)
+    for index in range(len(losses)):
+        window = losses[max(0, index - half) : index + half + 1]
+        window = window[np.isfinite(window)]
+        if len(window) and np.isfinite(losses[index]):
+            out[index] = window.mean()
     return out
 
 
-def steepest_descent_lr(lrs: np.ndarray, losses: np.ndarray, skip_begin: int = SKIP_BEGIN,
-                        skip_end: int = SKIP_END) -> float | None:
-    """The LR where the (smoothed) loss falls fastest per unit of log(LR), up to where the loss is lowest; None when
-    the sweep has too few finite points."""
+def half_window(lrs: np.ndarray) -> int:
+    """Points in SMOOTHING_DECADES of an exponential sweep (at least one)."""
+    decades = math.log10(lrs[-1] / lrs[0]) if len(lrs) > 1 else 1.0
+    return max(1, round(SMOOTHING_DECADES * (len(lrs) - 1) / max(decades, 1e-9)))
+
+
+def guessing_loss(labels: np.ndarray, num_classes: int, label_smoothing: float) -> float:
+    """The training loss of a network that ignores its input and predicts the class frequencies: the entropy of
+    the (label-smoothed) average target. A sweep that never gets below it has learnt nothing about the images."""
+    frequencies = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes) / max(1, len(labels))
+    target = (1.0 - label_smoothing) * frequencies + label_smoothing / num_classes
+    target = target[target > 0]
+    return float(-(target * np.log(target)).sum())
+
+
+def steepest_descent_lr(lrs: np.ndarray, losses: np.ndarray, skip: int) -> float | None:
+    """The LR where the (smoothed) loss falls fastest per unit of log(LR), below the LR of its lowest point and
+    `skip` points in from the start (where the centred average is one-sided); None when the loss is lowest there."""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    end = len(lrs) - skip_end if skip_end else len(lrs)
-    lrs, losses = lrs[skip_begin:end], losses[skip_begin:end]
     finite = np.isfinite(losses) & (lrs > 0)
     lrs, losses = lrs[finite], losses[finite]
-    if len(lrs) < 3:
+    if len(lrs) < 2 * skip + 3:
         return None
     lowest = int(np.argmin(losses))
-    if lowest >= 2:
-        lrs, losses = lrs[: lowest + 1], losses[: lowest + 1]
+    if lowest <= skip + 1:
+        return None
     slope = np.gradient(losses, np.log(lrs))
-    return float(lrs[int(np.argmin(slope))])
+    return float(lrs[skip + int(np.argmin(slope[skip:lowest]))])
 
 
 def keep_group_ratios(groups: list[dict[str, Any]], ratios: list[float]) -> None:
@@ -103,23 +124,55 @@ class SweepClassifier(CIFARClassifier):
 @dataclass
 class RangeTest:
     lrs: list[float]
-    losses: list[float]  # smoothed
+    losses: list[float]  # smoothed (centred average)
     raw_losses: list[float]
     suggested_lr: float | None  # the real LR for this run's global batch
     suggested_flag_lr: float | None  # what --lr means: per lr_reference_batch_size images
     lightning_suggestion: float | None
     global_batch: int
     lr_reference_batch_size: int | None
-    steps: int
+    steps: int  # steps the sweep ran
+    steps_asked: int
+    guessing_loss: float
+    lowest_loss: float | None
+    lowest_loss_lr: float | None
+    problem: str | None  # why there is no suggestion, in words for the user
+    stopped: str | None  # why the sweep ended before its last step (the loss diverged), in words
     folder: str
     group_lrs: list[list[float]]  # per step: each parameter group's LR (conv/linear weights, norm/bias)
     device: str  # what the sweep ran on, named as every record names it (provenance.device_description)
 
     def as_record(self) -> dict[str, Any]:
-        return {**asdict(self), "method": "steepest descent of the smoothed loss against log(LR), "
-                                          f"skipping {SKIP_BEGIN} points at the start and {SKIP_END} at the end",
-                "smoothing": f"exponential moving average, beta {SMOOTHING}, start-up bias corrected",
+        return {**asdict(self), "method": "steepest descent of the smoothed loss against log(LR), below the LR of "
+                                          "its lowest point",
+                "smoothing": f"centred moving average over {SMOOTHING_DECADES} decade of LR on either side",
                 "versions": versions()}
+
+
+def judge(lrs: np.ndarray, raw: np.ndarray, guess: float, steps_asked: int) -> dict[str, Any]:
+    """The smoothed curve, the suggestion and, without one, the reason in words."""
+    half = half_window(lrs) if len(lrs) else 1
+    losses = centred_average(raw, half)
+    finite = np.isfinite(losses)
+    lowest = int(np.nanargmin(losses)) if finite.any() else None
+    lowest_loss = float(losses[lowest]) if lowest is not None else None
+    stopped = None
+    if len(lrs) < steps_asked:
+        where = f" at LR {lrs[-1]:.3g}" if len(lrs) else ""
+        stopped = (f"the sweep stopped after {len(lrs)} of {steps_asked} steps: the loss rose above {DIVERGED:g}x "
+                   f"its lowest{where} (it diverged)")
+    suggested, problem = None, None
+    if lowest_loss is None or lowest_loss > (1.0 - MIN_FALL) * guess:
+        problem = (f"the training loss never fell below what guessing scores ({guess:.3f}: predicting the class "
+                   f"frequencies; its lowest was {lowest_loss if lowest_loss is None else round(lowest_loss, 3)}), "
+                   "so the sweep learnt nothing to suggest an LR from. The data may be noise or mislabelled, or the "
+                   "sweep too short")
+    else:
+        suggested = steepest_descent_lr(lrs, losses, half)
+        if suggested is None:
+            problem = "the loss was lowest at the very start of the sweep, so there is no descent to suggest an LR from"
+    return {"losses": losses, "suggested": suggested, "problem": problem, "stopped": stopped,
+            "lowest_loss": lowest_loss, "lowest_loss_lr": float(lrs[lowest]) if lowest is not None else None}
 
 
 def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: pl.LightningDataModule,
@@ -130,26 +183,32 @@ def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: p
     model = SweepClassifier([1.0, config["norm_bias_lr_scale"]], num_classes=num_classes, **kwargs)
     precision, plugins = precision_settings(hardware)
     steps = config["lr_find_steps"]
+    # As many epochs as the steps need: the sweep re-reads a small training set instead of stopping short.
+    epochs = -(-steps // max(1, datamodule.train_batches_per_epoch()))
     with tempfile.TemporaryDirectory(prefix="cifar_lit_lr_find_") as scratch:
         trainer = pl.Trainer(
             accelerator=hardware.accelerator, devices=1, precision=precision, plugins=plugins, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=scratch, max_epochs=config["max_epochs"],
+            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=scratch, max_epochs=epochs,
         )
         finder = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR,
-                                        num_training=steps, early_stop_threshold=4.0, update_attr=False)
+                                        num_training=steps, early_stop_threshold=DIVERGED, update_attr=False)
     lrs = np.asarray(finder.results["lr"], dtype=float)
     raw = np.asarray(model.sweep_losses[: len(lrs)], dtype=float)
-    losses = smoothed(raw)
-    suggested = steepest_descent_lr(lrs, losses)
+    guess = guessing_loss(datamodule.splits["train"].labels, num_classes, config["label_smoothing"])
+    verdict = judge(lrs, raw, guess, steps)
+    suggested = verdict["suggested"]
     global_batch = config["batch_size"]  # one device in the sweep, and what --lr is scaled by per device count
     reference = config["lr_reference_batch_size"]
     flag_lr = None if suggested is None else suggested * (reference / global_batch if reference else 1.0)
-    result = RangeTest(lrs.tolist(), losses.tolist(), raw.tolist(), suggested, flag_lr, finder.suggestion(),
-                       global_batch, reference, len(lrs), str(out), model.sweep_group_lrs[: len(lrs)],
-                       device_description(hardware.device.torch_device))
+    result = RangeTest(lrs.tolist(), verdict["losses"].tolist(), raw.tolist(), suggested, flag_lr,
+                       finder.suggestion(), global_batch, reference, len(lrs), steps, guess, verdict["lowest_loss"],
+                       verdict["lowest_loss_lr"], verdict["problem"], verdict["stopped"], str(out),
+                       model.sweep_group_lrs[: len(lrs)], device_description(hardware.device.torch_device))
     out.mkdir(parents=True, exist_ok=True)
     title = f"LR range test: {len(lrs)} steps at batch {global_batch}"
-    save_figure(lr_find_figure(lrs, losses, suggested, title, result.lightning_suggestion), out / "lr_find.png")
-    write_text_atomic(out / "lr_find.json", json.dumps(result.as_record(), indent=2) + "\n")
+    figure = lr_find_figure(lrs, verdict["losses"], suggested, title, result.lightning_suggestion, raw, guess)
+    save_figure(figure, out / "lr_find.png")
+    record = {key: value for key, value in result.as_record().items() if key != "folder"}  # it is where it lies
+    write_text_atomic(out / "lr_find.json", json.dumps(record, indent=2) + "\n")
     return result

@@ -28,6 +28,11 @@ class LossProgressBar(TQDMProgressBar):
             self._loss.copy_(loss.detach().reshape(1), non_blocking=True)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        # Epochs counted from 1, as in every message, metrics.csv and the checkpoint names (Lightning's from 0).
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         if self._loss is not None and trainer.training:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -43,11 +44,12 @@ from cifar_lit.reliability.run_folder import (
     choose_run_dir,
     launched_as_several_processes,
     next_free_version,
+    next_version_dir,
     remove_if_unused,
 )
 from cifar_lit.reliability.signals import Interrupted, SignalGuard, StopRequested
 from cifar_lit.reporting.gradcam import network_layer
-from cifar_lit.reporting.provenance import command_line, git_commit
+from cifar_lit.reporting.provenance import command_line, git_commit, shell_command
 from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run.config import class_kwargs, parse_config
 from cifar_lit.run.lr_range_test import FOLDER as LR_FIND_FOLDER
@@ -88,6 +90,8 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     if is_first_process():
         for line in hardware.lines():
             log.info(line)
+        if hardware.memory_warning(config["batch_size"]):
+            log.warning(hardware.memory_warning(config["batch_size"]))
     planned = hardware.apply(config)
 
     pl.seed_everything(config["seed"], workers=True, verbose=False)
@@ -122,6 +126,8 @@ def train(argv: Sequence[str], clock: PhaseClock, signals: SignalGuard) -> int:
     if planned["compile"]:
         check_writable(Path(config["compile_cache"]).expanduser(), "the compile cache folder", "--compile-cache")
     run_dir, created = choose_run_dir(config, plan.run_dir if plan else None)
+    if range_test is not None and run_dir is not None:
+        range_test.folder = str(move_into(Path(range_test.folder), run_dir / LR_FIND_FOLDER))
     command = command_line(list(argv), "train.py")
     callbacks = build_callbacks(config, run_dir, datamodule, command, commit, clock, signals, hardware, target)
     if range_test is not None and callbacks.summary is not None:
@@ -181,9 +187,9 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
                 raise
             saved = graceful.saved if graceful is not None else None
             signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
-            resume = saved or f"last --logdir {config['logdir']}"
+            resume = [saved] if saved else ["last", "--logdir", config["logdir"]]
             print(f"Stopped by signal {signum} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}; "
-                  f"saved {saved}. Resume with: python train.py --resume {resume}", file=sys.stderr)
+                  f"saved {saved}. Resume with: {shell_command('train.py', '--resume', *resume)}", file=sys.stderr)
             return 128 + signum
         finally:
             signals.deferring = False  # held until fit returns, so last.ckpt's final write is never cut
@@ -195,7 +201,8 @@ def fit_and_test(trainer: pl.Trainer, model: CIFARClassifier, datamodule: ImageD
             last = graceful.run_dir / CHECKPOINT_FOLDER / LAST_NAME
             print(f"Stopped by signal {graceful.signum} after the last training step, before the test; {last} holds "
                   f"the finished training (epoch {trainer.current_epoch}, step {trainer.global_step}). Resume with: "
-                  f"python train.py --resume {last} (it runs the test and writes the summary)", file=sys.stderr)
+                  f"{shell_command('train.py', '--resume', last)} (it runs the test and writes the summary)",
+                  file=sys.stderr)
             return 128 + graceful.signum
     callbacks.phases.clock.switch("test")
     trainer.test(model, datamodule=datamodule, ckpt_path=summary.facts["best_checkpoint"], weights_only=True)
@@ -225,16 +232,26 @@ def check_steps(datamodule: ImageDataModule, hardware: HardwarePlan, config: dic
 
 
 def lr_range_test(planned: dict[str, Any], hardware: HardwarePlan, datamodule: ImageDataModule) -> RangeTest:
-    """Run the LR range test and print its suggestion; a sweep with no falling loss is a UserError."""
-    out = Path(planned["logdir"]) / LR_FIND_FOLDER
+    """Run the LR range test into a new `<logdir>/lr_find_N/` and print its suggestion; a sweep that gives none
+    is a UserError saying why and what to do."""
+    out = next_version_dir(Path(planned["logdir"]), f"{LR_FIND_FOLDER}_")
     result = run_range_test(planned, hardware, datamodule, len(datamodule.class_names), out)
+    if result.stopped:
+        log.info("LR range test: %s.", result.stopped)
     if result.suggested_flag_lr is None:
-        raise UserError(f"The LR range test ({result.steps} steps) found no falling loss to suggest an LR from (see "
-                        f"{out / 'lr_find.png'}). Give --lr a number, or more steps with --lr-find-steps.")
+        raise UserError(f"The LR range test ({result.steps} steps) gives no suggestion: {result.problem} (see "
+                        f"{out / 'lr_find.png'}). Give --lr a number (0.2, the default, is the 85% recipe's), or "
+                        "sweep longer with --lr-find-steps.")
     per = planned["lr_reference_batch_size"]
     print(f"Suggested --lr: {result.suggested_flag_lr:.3g} (the peak LR per {per} images; "
           f"{result.suggested_lr:.3g} at this run's batch of {result.global_batch}). Plot: {out / 'lr_find.png'}")
     return result
+
+
+def move_into(folder: Path, destination: Path) -> Path:
+    """`folder` moved to `destination` (the range test's results into the run folder it chose the LR for)."""
+    shutil.move(str(folder), str(destination))
+    return destination
 
 
 def is_first_process() -> bool:
@@ -253,16 +270,17 @@ def dry_run_report(hardware: HardwarePlan, config: dict[str, Any], resumed_run_d
         folder = f"the next version_N under {config['logdir']}, chosen by rank zero at start"
     else:
         folder = f"{next_free_version(Path(config['logdir']))} (not created now)"
+    warning = hardware.memory_warning(config["batch_size"])
     return "\n".join(["Dry run: nothing was read, downloaded, compiled or written.", *hardware.lines(),
-                      f"Run folder: {folder}"])
+                      *([warning] if warning else []), f"Run folder: {folder}"])
 
 
 def non_finite_loss(bad: NonFiniteLoss, run_dir: Path | None) -> int:
     last = run_dir / CHECKPOINT_FOLDER / LAST_NAME if run_dir else None
     if last is not None and last.is_file():
         then = (f"the last good checkpoint is {last}. Start again with a lower --lr (a resume keeps the optimizer's "
-                f"LR), or, if half precision overflowed, resume with: python train.py --resume {last} --precision "
-                "32-true")
+                f"LR), or, if half precision overflowed, resume with: "
+                f"{shell_command('train.py', '--resume', last, '--precision', '32-true')}")
     else:
         then = ("no checkpoint had been written, so there is nothing to resume and the run folder was removed. Run "
                 "again with a lower --lr, or with --precision 32-true")
@@ -282,7 +300,7 @@ def interrupted(stop: Interrupted, argv: Sequence[str]) -> str:
     state = "holds the finished training" if finished else "holds the last complete save"
     then = " (it runs the test and writes the summary)" if finished else ""
     return (f"Stopped by signal {stop.signum} {where}; {last} {state}. "
-            f"Resume with: python train.py --resume {last}{then}")
+            f"Resume with: {shell_command('train.py', '--resume', last)}{then}")
 
 
 def main(argv: Sequence[str] | None = None, started: float | None = None) -> int:
