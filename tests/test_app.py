@@ -110,6 +110,42 @@ def test_the_server_stops_cleanly_on_ctrl_c(app):
     assert "Traceback" not in output and "Keyboard interruption" in output
 
 
+def run_app(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifar_lit.app", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **OFFLINE, **(env or {})})
+
+
+def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(tmp_path):
+    never_read = tmp_path / "none.ckpt"  # the port is refused before the checkpoint is looked at
+    result = run_app("--ckpt", str(never_read), "--port", "99999")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "error: argument --port: 99999 is not a port: give a number from 1 to 65535 (e.g. 7860). Run `python -m "
+        "cifar_lit.app --help` for the accepted flags."]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_app("--ckpt", str(never_read), "--port", str(port))
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use by another program (another demo?). Give another with --port, "
+        f"e.g. --port {port + 1}, or stop the program that holds it."]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_and_removes_its_temporary_folder(trained, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    process = serve([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port),
+                     "--gpus", "0"], ROOT, port, {"TMPDIR": str(scratch)})
+    (folder,) = scratch.glob("cifar_lit_app_*")
+    assert (folder / "model.pt").is_file(), "the weights the page serves"
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in output, output
+    assert not folder.exists(), "the weights and images are not left behind"
+
+
 @pytest.mark.slow
 def test_the_app_refuses_a_hostile_checkpoint_as_evaluate_does(tmp_path, capsys):
     marker = tmp_path / "payload-ran"
@@ -120,8 +156,7 @@ def test_the_app_refuses_a_hostile_checkpoint_as_evaluate_does(tmp_path, capsys)
 
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "payload": Payload()}, crafted)
-    result = subprocess.run([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(crafted), "--gpus", "0"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE})
+    result = run_app("--ckpt", str(crafted), "--gpus", "0", "--port", str(free_port()))
     assert result.returncode == 2 and result.stderr.startswith("error: Refusing to load") and not marker.exists()
     assert evaluate(["--ckpt", str(crafted), "--gpus", "0"]) == 2
     assert capsys.readouterr().err.strip() == result.stderr.strip(), "the same message as evaluate.py"

@@ -284,3 +284,12 @@ def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stay
     module.preview_batch(8)
     assert module._as_tensors("train")[0].device.type == "cpu"
     assert seen == [(torch.device("meta"), (30, 40, 40, 3))]
+
+
+def test_dataloader_workers_are_capped_at_the_cores(image_folder, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    module = ImageDataModule(data_dir=str(image_folder), batch_size=30, data_path="pil", num_workers=64,
+                             download=False)
+    module.prepare_data()
+    module.setup("fit")
+    assert module.train_dataloader().num_workers == module.val_dataloader().num_workers == 2

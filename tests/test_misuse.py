@@ -19,6 +19,7 @@ from helpers import TINY_FLAGS
 from PIL import Image
 
 from cifar_lit.data.image_folder import load_image_folder_split
+from cifar_lit.hardware.plan import choose_accelerator
 from cifar_lit.reliability import files, run_folder
 from cifar_lit.reliability.checkpoints import load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
@@ -68,6 +69,18 @@ def test_a_long_warm_up_before_a_target_is_warned_of(tiny_flags, caplog):
         assert main([*tiny_flags, "--max-epochs", "400", "--warmup-fraction", "0.25", "--target-acc", "0.9",
                      "--fast-dev-run"]) == 0
     assert "The LR warms up over 100 epochs" in caplog.text
+
+
+@pytest.mark.parametrize("flags, clash", [(["--gpus", "0", "--devices", "2"], "--devices 2"),
+                                           (["--gpus", "0", "--accelerator", "cuda"], "--accelerator cuda")],
+                         ids=["cpu-with-two-devices", "cpu-with-cuda"])
+def test_gpus_beside_a_devices_or_accelerator_it_overrides_is_refused(tiny_flags, tmp_path, capsys, flags, clash):
+    assert main([*tiny_flags, *flags]) == 2
+    assert f"--gpus 0 means --accelerator cpu --devices 1, so {clash} beside it would have no effect" in \
+        one_error(capsys)
+    assert not list((tmp_path / "logs").glob("version_*"))
+    agreeing = parse_config(["--gpus", "0", "--devices", "1", "--accelerator", "cpu"])
+    assert choose_accelerator(agreeing) == ("cpu", 1), "flags that agree with --gpus are fine"
 
 
 def test_a_batch_larger_than_the_data_trains_nothing_and_is_refused(tiny_flags, tmp_path, capsys):

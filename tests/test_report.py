@@ -98,6 +98,20 @@ def test_own_images_get_their_top_three_classes(trained_run, tmp_path, capsys):
     assert top[:3] == [CIFAR10_CLASSES[label] for label in predicted]
 
 
+@pytest.mark.slow
+def test_one_bad_file_among_images_is_named_and_the_good_ones_are_still_classified(trained_run, tmp_path, capsys):
+    checkpoint = best_checkpoint(trained_run)
+    data = trained_run.parent.parent / "data"
+    good = [sorted((data / "test" / name).iterdir())[0] for name in ("airplane", "ship")]
+    bad = tmp_path / "photo.png"
+    bad.write_text("certainly not a PNG")
+    assert evaluate(["--ckpt", str(checkpoint), "--images", str(good[0]), str(bad), str(good[1]), "--gpus", "0"]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(": ")[0] for line in captured.out.splitlines()] == [str(path) for path in good]
+    assert captured.err.splitlines() == [f"error: Cannot read {bad} as an image (UnidentifiedImageError: cannot "
+                                         f"identify image file '{bad}')."]
+
+
 @pytest.mark.parametrize("case", ["missing", "other-model", "not-an-image"])
 def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
     if case == "missing":

@@ -13,6 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lit.phases import PHASES
+from cifar_lit.run.progress import TrainingForecast
 from cifar_lit.run.stop_at_target import REACHED_TOLERANCE
 from cifar_lit.run.train import main
 
@@ -50,7 +51,8 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     assert summary["device"].startswith("CPU") and len(summary["val_acc_per_epoch"]) == summary["epochs_run"]
     assert f"target 60% reached at epoch {summary['target_epoch']}" in out
     checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)
+    best_epoch = summary["val_acc_per_epoch"].index(max(summary["val_acc_per_epoch"])) + 1  # counted from 1
+    assert checkpoints == {"last.ckpt", f"best-epoch{best_epoch:03d}.ckpt"}, "one numbering of epochs everywhere"
     for picture in ("accuracy.png", "loss.png", "misclassified.png", "correct.png"):
         with Image.open(run_dir / picture) as image:
             assert image.size[0] > 200 and image.size[1] > 100
@@ -74,6 +76,26 @@ def test_short_run_stops_at_target_and_records_everything(tiny_flags, tmp_path, 
     assert "val/misclassified" in image_tags and "test/misclassified" in image_tags and "val/correct" in image_tags
     grid = events.Images("val/misclassified")[-1]
     assert grid.width > 100 and grid.height > 100 and grid.encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_the_cpu_forecast_says_how_long_an_epoch_and_the_run_take_and_how_to_shorten_them():
+    message = TrainingForecast().forecast(3.1, 195, 10)
+    assert message.startswith("On the CPU this run takes about 10 min an epoch (3.1 s a step x 195 steps) and up to "
+                              "1.7 h for its 10 epoch(s) left")
+    assert "--gpus 1" in message and "--limit-train-batches" in message and "--width 16" in message
+    assert TrainingForecast().forecast(0.05, 10, 10) is None, "a quick run is not worth a word"
+
+
+@pytest.mark.slow
+def test_a_cpu_run_forecasts_its_length_and_its_bar_counts_epochs_from_one(tiny_flags, tmp_path, monkeypatch, caplog,
+                                                                            capsys):
+    monkeypatch.setattr(TrainingForecast, "SAY_ABOVE_SECONDS", 0.0)  # the tiny run as slow as the full network
+    with caplog.at_level("INFO"):
+        assert main([*tiny_flags, "--max-epochs", "2", "--target-acc", "1.0", "--progress-bar"]) == 0
+    (forecast,) = [message for message in caplog.messages if message.startswith("On the CPU this run takes")]
+    assert "x 10 steps) and up to" in forecast and "for its 2 epoch(s) left" in forecast
+    bar = capsys.readouterr().out  # Lightning's bar writes to stdout
+    assert "Epoch 1/2" in bar and "Epoch 2/2" in bar and "Epoch 0" not in bar
 
 
 @pytest.mark.slow

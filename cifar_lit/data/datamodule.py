@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -117,7 +118,7 @@ class ImageDataModule(pl.LightningDataModule):
         cutout: side of the Cutout square in pixels (0 disables it).
         val_split: training images held out for validation (0: validate on the test set).
         seed: seed for the data order, augmentation and the validation split.
-        num_workers: DataLoader workers on the "pil" path.
+        num_workers: DataLoader workers on the "pil" path (at most one per available core).
         verify_checksums: check torchvision batch files against their published MD5 sums.
         cache_dir: where decoded image folders are cached (default: inside the data folder, else ~/.cache).
         data_on_device: keep the whole data set on the training device (tensor path).
@@ -296,10 +297,17 @@ class ImageDataModule(pl.LightningDataModule):
             steps.append(CutoutTransform(self.hparams.cutout))
         return transforms.Compose(steps)
 
+    def num_workers(self) -> int:
+        """`num_workers`, at most one per core this process may run on: more only queue for the same cores (and
+        PyTorch warns about them)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(self.hparams.num_workers, cores)
+
     def _loader(self, name: str, train: bool) -> Any:
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         if self.hparams.data_path == "pil":
             dataset = PILImageDataset(self.splits[name], self._pil_transform(train))
+            workers = self.num_workers()
             rank, world = self._rank_and_world()
             sampler: Any = None
             if world > 1 and train:
@@ -312,8 +320,8 @@ class ImageDataModule(pl.LightningDataModule):
                 shuffle=train and sampler is None,
                 sampler=sampler,
                 drop_last=train,
-                num_workers=self.hparams.num_workers,
-                persistent_workers=self.hparams.num_workers > 0,
+                num_workers=workers,
+                persistent_workers=workers > 0,
                 pin_memory=torch.cuda.is_available(),
                 generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
             )

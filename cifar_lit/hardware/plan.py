@@ -111,6 +111,7 @@ def choose_accelerator(config: dict[str, Any]) -> tuple[str, int | str]:
     (as Lightning's own `auto` does), then the CPU. Refuses what this machine cannot give."""
     accelerator, devices, gpus = config["accelerator"], config["devices"], config["gpus"]
     if gpus is not None:
+        check_gpus_alone(gpus, accelerator, devices)
         if gpus == 0:
             return "cpu", 1
         if not cuda_available():
@@ -133,6 +134,22 @@ def choose_accelerator(config: dict[str, Any]) -> tuple[str, int | str]:
         raise HardwareError("--accelerator mps asks for an Apple-silicon GPU, but PyTorch sees none (it needs a Mac "
                             "with Apple silicon and macOS 12.3 or newer). Use --accelerator cpu, or leave it at auto.")
     return accelerator, devices
+
+
+def check_gpus_alone(gpus: int, accelerator: str, devices: int | str) -> None:
+    """--gpus N stands for --accelerator and --devices: either of those beside it saying otherwise would be
+    silently ignored (and recorded in config.yaml as if it had run), so it is refused."""
+    means = ("cpu", 1) if gpus == 0 else ("gpu", gpus)
+    clashes = []
+    if accelerator != "auto" and accelerator not in ((means[0],) if gpus == 0 else ("gpu", "cuda")):
+        clashes.append(f"--accelerator {accelerator}")
+    if devices != 1 and str(devices) != str(means[1]):
+        clashes.append(f"--devices {devices}")
+    if clashes:
+        raise ConfigError(f"--gpus {gpus} means --accelerator {means[0]} --devices {means[1]}, so "
+                          f"{' and '.join(clashes)} beside it would have no effect. Give --gpus alone, or "
+                          "--accelerator and --devices without --gpus (e.g. --accelerator cpu --devices 2 for two "
+                          "CPU processes).")
 
 
 def missing_gpu_message(gpus: int | None, asked: str | None = None) -> str:

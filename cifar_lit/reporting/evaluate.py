@@ -308,12 +308,7 @@ def evaluate(argv: Sequence[str]) -> int:
     if args.export_app:
         return export_app(args, device)
     if args.images:
-        model = load_trained_model(args.ckpt, device)
-        images = np.stack([read_user_image(path) for path in args.images])
-        for path, probabilities in zip(args.images, predict_probabilities(model, images, device=device), strict=True):
-            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities, model.class_names))
-            print(f"{path}: {ranked}")
-        return 0
+        return classify_images(args.ckpt, args.images, device)
     out = report_folder(args)
     data_dir = args.data_dir or data_dir_of_run(args.ckpt)
     layer = None if args.gradcam_layer in ("none", "") else args.gradcam_layer
@@ -323,6 +318,27 @@ def evaluate(argv: Sequence[str]) -> int:
     print(f"Test accuracy {metrics['accuracy']:.2%}{top5} on {metrics['images']} images{tta}. Report: "
           f"{out / 'report.md'}")
     return 0
+
+
+def classify_images(checkpoint: Path, paths: list[Path], device: torch.device) -> int:
+    """Top-3 classes of every picture that can be read; the others named on stderr, one line each, and exit 2 if
+    there were any (the demo likewise classifies the good ones and names the rest)."""
+    model = load_trained_model(checkpoint, device)
+    readable, images, problems = [], [], []
+    for path in paths:
+        try:
+            images.append(read_user_image(path))
+            readable.append(path)
+        except DataError as problem:
+            problems.append(str(problem))
+    if images:
+        for path, probabilities in zip(readable, predict_probabilities(model, np.stack(images), device=device),
+                                       strict=True):
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities, model.class_names))
+            print(f"{path}: {ranked}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def export_app(args: argparse.Namespace, device: torch.device) -> int:

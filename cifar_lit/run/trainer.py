@@ -30,7 +30,7 @@ from cifar_lit.reporting.previews import AugmentationPreview
 from cifar_lit.reporting.summary import RunSummary
 from cifar_lit.run.config import ConfigRecord
 from cifar_lit.run.log_cadence import LogEveryEpoch
-from cifar_lit.run.progress import LossProgressBar
+from cifar_lit.run.progress import LossProgressBar, TrainingForecast
 from cifar_lit.run.stop_at_target import StopAtTarget, Target
 from cifar_lit.training.compile_warmup import CompileWarmup
 
@@ -48,6 +48,7 @@ class RunCallbacks:
     cadence: LogEveryEpoch
     skipped: SkippedSteps = field(default_factory=SkippedSteps)
     progress: LossProgressBar | None = None
+    forecast: TrainingForecast = field(default_factory=TrainingForecast)
     ema: WeightAveraging | None = None
     record: ConfigRecord | None = None
     lr: LearningRateMonitor | None = None
