@@ -96,6 +96,7 @@ def test_a_cpu_run_forecasts_its_length_and_its_bar_counts_epochs_from_one(tiny_
     assert "x 10 steps) and up to" in forecast and "for its 2 epoch(s) left" in forecast
     bar = capsys.readouterr().out  # Lightning's bar writes to stdout
     assert "Epoch 1/2" in bar and "Epoch 2/2" in bar and "Epoch 0" not in bar
+    assert " 1/10 " in bar, "on the CPU the bar moves after every step, not every tenth"
 
 
 @pytest.mark.slow
