@@ -226,7 +226,7 @@ def test_the_data_stays_in_host_memory_when_the_gpu_is_nearly_full(monkeypatch):
 
 
 def test_the_memory_estimate_counts_the_real_network():
-    parameters, saved_per_image = network_sizes(64, 10)
+    parameters, saved_per_image = network_sizes("resnet18", 64, 10)
     assert parameters == 11_173_962
     assert 500_000 < saved_per_image < 5_000_000  # every stage's activations, a few MB per image in fp32
 
@@ -297,7 +297,7 @@ def test_out_of_memory_names_the_gpu_and_its_free_memory(monkeypatch):
     emulate(monkeypatch, "T4", free_gb=0.4)
     device = devices.probe_gpu(0)
     config = {"batch_size": 512, "eval_batch_size": 2000, "data_on_device": True}
-    needed = plan.estimate(64, 10, 512, 2000, "16-mixed", False, 250 * 2**20)
+    needed = plan.estimate("resnet18", 64, 10, 512, 2000, "16-mixed", False, 250 * 2**20)
     from cifar_lit.hardware.memory import DeviceOutOfMemory, out_of_memory_as_error
 
     with pytest.raises(DeviceOutOfMemory) as stopped, out_of_memory_as_error(device, needed, config):

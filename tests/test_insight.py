@@ -128,7 +128,7 @@ def test_the_norm_bias_group_keeps_its_lr_ratio_during_the_sweep():
 
 
 def test_the_model_summary_counts_the_resnet18():
-    text = model_summary_text(64, 10)
+    text = model_summary_text("resnet18", 64, 10)
     assert "11,173,962 parameters" in text and "Total params: 11,173,962" in text
     assert "Mult-Adds" in text and "Units." not in text and "[1, 512, 4, 4]" in text
 

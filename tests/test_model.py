@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch import nn
 
-from cifar_lit.models import resnet18
+from cifar_lit.models import MODELS, build_model, register_model, resnet18
 
 
 def test_resnet18_has_the_seed_parameter_count():
@@ -44,3 +45,32 @@ def test_a_narrow_network_keeps_the_shape_and_scales_the_channels():
 
 def test_class_count_changes_only_the_classifier():
     assert resnet18(num_classes=100).linear.out_features == 100
+
+
+@pytest.mark.parametrize("name, parameters", [("resnet18", 11_173_962), ("resnet34", 21_282_122),
+                                              ("resnet9", 6_573_130)])
+def test_each_registered_network_has_its_published_parameter_count(name, parameters):
+    network = build_model(name)
+    assert sum(p.numel() for p in network.parameters()) == parameters
+    assert network.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet34_has_3_4_6_3_blocks_and_resnet9_pools_in_three_stages():
+    resnet34 = build_model("resnet34")
+    assert [len(getattr(resnet34, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    resnet9 = build_model("resnet9", width=8)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in resnet9.modules()) == 3
+    assert resnet9.prep[0].out_channels == 8 and resnet9.linear.in_features == 64, "width scales every stage"
+
+
+def test_a_network_is_one_registered_factory_and_an_unknown_name_is_refused():
+    @register_model
+    def tiny(num_classes: int = 10, width: int = 4) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+    try:
+        assert build_model("tiny", 3).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    finally:
+        del MODELS["tiny"]
+    with pytest.raises(KeyError, match="no network named 'vgg'; the networks are resnet18, resnet34, resnet9"):
+        build_model("vgg")

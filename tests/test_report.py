@@ -120,7 +120,7 @@ def test_bad_input_to_evaluate_is_explained(tmp_path, capsys, case):
         other = tmp_path / "other.ckpt"
         torch.save({"state_dict": {"model.linear.weight": torch.zeros(100, 512)},
                     "pytorch-lightning_version": "2.6.6"}, other)
-        argv, fragment = ["--ckpt", str(other)], "does not hold the 10-class CIFAR ResNet18"
+        argv, fragment = ["--ckpt", str(other)], "does not hold the 10-class resnet18"
     else:
         from cifar_lit.training.module import CIFARClassifier
 

@@ -223,7 +223,7 @@ def test_checkpoint_of_another_model(tiny_flags, tmp_path, capsys):
     torch.save({"state_dict": {"model.linear.weight": torch.zeros(100, 512)}, "pytorch-lightning_version": "2.6.6"},
                other)
     expect_clean_error([*tiny_flags, "--resume", str(other)], capsys, tmp_path / "logs",
-                       "does not hold the 10-class CIFAR ResNet18", "model.linear.weight (100, 512)")
+                       "does not hold the 10-class resnet18", "model.linear.weight (100, 512)")
 
 
 def test_checkpoint_with_an_implausible_width_is_refused_before_building_it(tiny_flags, tmp_path, capsys):

@@ -26,16 +26,16 @@ from PIL import Image
 
 try:  # inside the package
     from cifar_lit.data.pixels import read_picture
-    from cifar_lit.models.resnet import resnet18
+    from cifar_lit.models.resnet import DEFAULT_MODEL, build_model
 except ImportError:  # in an exported folder, beside pixels.py and resnet.py
     from pixels import read_picture  # type: ignore[no-redef]
-    from resnet import resnet18  # type: ignore[no-redef]
+    from resnet import DEFAULT_MODEL, build_model  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     import gradio as gr
 
 SIZE = 32
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
+DEFAULT_LAYER = "layer3"  # 8x8 maps on the ResNets, 4x4 on ResNet-9
 THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "GRADIO_SERVER_NAME": "127.0.0.1"}  # defaults only: a Space sets its own server name
@@ -55,6 +55,7 @@ class Bundle:
     """What the page needs of a trained model."""
 
     weights: dict[str, torch.Tensor]  # the network's state dict (no "model." prefix)
+    model: str  # the network's registered name (resnet18, resnet34, resnet9)
     width: int
     class_names: list[str]
     mean: list[float]
@@ -69,8 +70,8 @@ class Bundle:
         folder = Path(folder)
         meta = json.loads((folder / "bundle.json").read_text())
         weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        return Bundle(weights, meta["width"], meta["class_names"], meta["mean"], meta["std"], meta.get("info", {}),
-                      [str(folder / path) for path in meta.get("examples", [])],
+        return Bundle(weights, meta.get("model", DEFAULT_MODEL), meta["width"], meta["class_names"], meta["mean"],
+                      meta["std"], meta.get("info", {}), [str(folder / path) for path in meta.get("examples", [])],
                       [(str(folder / path), caption) for path, caption in meta.get("gallery", [])])
 
 
@@ -89,9 +90,10 @@ class Classifier:
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu") -> None:
         self.bundle = bundle
         self.device = torch.device(device)
-        self.network = resnet18(num_classes=len(bundle.class_names), width=bundle.width)
+        self.network = build_model(bundle.model, len(bundle.class_names), bundle.width)
         self.network.load_state_dict(bundle.weights)
         self.network.to(self.device).eval()
+        self.layers = [name for name, _ in self.network.named_children() if name.startswith("layer")]  # stages
         self.mean = torch.tensor(bundle.mean, device=self.device)[None, :, None, None]
         self.std = torch.tensor(bundle.std, device=self.device)[None, :, None, None]
 
@@ -105,8 +107,8 @@ class Classifier:
 
     def maps(self, images: np.ndarray, classes: list[int], layer: str) -> np.ndarray:
         """(N, 32, 32) Grad-CAM maps in [0, 1] for `classes`, in fp32 with gradients (the page runs no training)."""
-        if layer not in LAYERS:
-            raise ValueError(f"unknown layer {layer!r}; one of {', '.join(LAYERS)}")
+        if layer not in self.layers:
+            raise ValueError(f"unknown layer {layer!r}; one of {', '.join(self.layers)}")
         with torch.enable_grad():
             inputs = self.inputs(images).clone()
             cam = LayerGradCam(self.network, self.network.get_submodule(layer))
@@ -159,7 +161,7 @@ def classify(classifier: Classifier, files: list[Any] | None, k: int, opacity: f
 
 def model_card(bundle: Bundle) -> str:
     info = bundle.info
-    lines = [f"**{info.get('title', 'CIFAR ResNet18')}**: {len(bundle.class_names)} classes "
+    lines = [f"**{info.get('title', f'CIFAR {bundle.model}')}**: {len(bundle.class_names)} classes "
              f"({', '.join(bundle.class_names[:12])}{', ...' if len(bundle.class_names) > 12 else ''})."]
     if info.get("test_acc") is not None:
         lines.append(f"Test accuracy **{info['test_acc']:.2%}** on {info.get('dataset', 'its test set')}.")
@@ -171,7 +173,7 @@ def model_card(bundle: Bundle) -> str:
 def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
     gr = gradio()
     classifier = Classifier(bundle, device)
-    with gr.Blocks(title="CIFAR ResNet18") as demo:
+    with gr.Blocks(title=f"CIFAR {bundle.model}") as demo:
         gr.Markdown("# What does the network see?")
         gr.Markdown(model_card(bundle), elem_id="model-card")
         with gr.Row():
@@ -181,7 +183,7 @@ def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
                 k = gr.Slider(1, len(bundle.class_names), value=min(3, len(bundle.class_names)), step=1,
                               label="classes to show")
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Grad-CAM opacity")
-                layer = gr.Dropdown(list(LAYERS), value="layer3", label="Grad-CAM layer")
+                layer = gr.Dropdown(classifier.layers, value=DEFAULT_LAYER, label="Grad-CAM layer")
                 run = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")

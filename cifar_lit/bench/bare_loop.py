@@ -24,7 +24,7 @@ from cifar_lit.data.loaders import TensorBatchLoader, derive_seed
 from cifar_lit.data.sources import open_dataset
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.hardware.timing import cudnn_autotune, peak_memory_mb, steady_throughput, synchronize
-from cifar_lit.models import resnet18
+from cifar_lit.models import build_model
 from cifar_lit.training.compile_warmup import compile_options, run_every_shape
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.training.optim import build_scheduler, build_sgd, scaled_lr
@@ -86,7 +86,7 @@ def bare_training_run(config: dict[str, Any], device: str | torch.device, precis
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     classes = len(dataset.class_names)
 
-    model = resnet18(num_classes=classes, width=config["width"]).to(device, memory_format=memory_format)
+    model = build_model(config["model"], classes, config["width"]).to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     forward_context = _autocast(device, precision)
 

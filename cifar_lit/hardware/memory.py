@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cifar_lit.hardware.devices import Device, free_memory
-from cifar_lit.models import resnet18
+from cifar_lit.models import build_model
 from cifar_lit.reliability.errors import UserError
 
 GB = 2**30
@@ -30,11 +30,11 @@ class DeviceOutOfMemory(UserError):
 
 
 @functools.lru_cache(maxsize=16)
-def network_sizes(width: int, num_classes: int) -> tuple[int, int]:
-    """(parameter count, activation elements autograd saves per training image) of the ResNet18 of `width`: a
-    forward pass on the meta device with a saved-tensors hook that counts what the backward pass will need."""
+def network_sizes(model: str, width: int, num_classes: int) -> tuple[int, int]:
+    """(parameter count, activation elements autograd saves per training image) of the network `model` of `width`:
+    a forward pass on the meta device with a saved-tensors hook that counts what the backward pass will need."""
     with torch.device("meta"):
-        network = resnet18(num_classes=num_classes, width=width)
+        network = build_model(model, num_classes, width)
         parameters = {id(p) for p in network.parameters()}
         saved: dict[int, int] = {}
 
@@ -68,11 +68,11 @@ class MemoryEstimate:
                 f"{WORKSPACE_MARGIN / GB:.2f})")
 
 
-def estimate(width: int, num_classes: int, batch_size: int, eval_batch_size: int, precision: str, ema: bool,
-             data_bytes: int) -> MemoryEstimate:
+def estimate(model: str, width: int, num_classes: int, batch_size: int, eval_batch_size: int, precision: str,
+             ema: bool, data_bytes: int) -> MemoryEstimate:
     """What one training process needs on its device (see the module's docstring); `data_bytes` is 0 when the data
     set stays in host memory."""
-    parameters, kept_per_image = network_sizes(width, num_classes)
+    parameters, kept_per_image = network_sizes(model, width, num_classes)
     fp32 = 4
     model = parameters * fp32 * (3 + (1 if ema else 0))  # weights, gradients, momentum (+ EMA)
     if precision.endswith("mixed"):

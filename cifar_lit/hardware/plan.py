@@ -339,11 +339,11 @@ def plan_hardware(config: dict[str, Any], command_line: set[str] | None = None, 
         compile_, reasons["compile"] = False, "not asked for (--compile or a compiling preset turns it on)"
     channels_last = chosen("channels_last", choose_channels_last(device))
     fused_sgd = chosen("fused_sgd", choose_fused_sgd(device, precision))
-    memory = estimate(config["width"], config.get("num_classes") or 10, config["batch_size"],
+    memory = estimate(config["model"], config["width"], config.get("num_classes") or 10, config["batch_size"],
                       config["eval_batch_size"], precision, bool(config.get("ema_decay")), data_bytes)
     data_on_device = chosen("data_on_device", place_data(device, memory))
     if not data_on_device:
-        memory = estimate(config["width"], config.get("num_classes") or 10, config["batch_size"],
+        memory = estimate(config["model"], config["width"], config.get("num_classes") or 10, config["batch_size"],
                           config["eval_batch_size"], precision, bool(config.get("ema_decay")), 0)
     return HardwarePlan(accelerator, devices, device, precision, compile_, channels_last, fused_sgd, data_on_device,
                         memory, reasons)

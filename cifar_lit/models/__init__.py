@@ -1,5 +1,18 @@
-"""Networks trained by cifar_lit."""
+"""Networks trained by cifar_lit, by name (`MODELS`, `build_model`)."""
 
-from cifar_lit.models.resnet import CifarResNet, ResidualBlock, resnet18
+from cifar_lit.models.resnet import (
+    BASE_WIDTH,
+    DEFAULT_MODEL,
+    MODELS,
+    CifarResNet,
+    ResidualBlock,
+    ResNet9,
+    build_model,
+    register_model,
+    resnet9,
+    resnet18,
+    resnet34,
+)
 
-__all__ = ["CifarResNet", "ResidualBlock", "resnet18"]
+__all__ = ["BASE_WIDTH", "DEFAULT_MODEL", "MODELS", "CifarResNet", "ResNet9", "ResidualBlock", "build_model",
+           "register_model", "resnet9", "resnet18", "resnet34"]

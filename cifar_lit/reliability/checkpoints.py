@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from cifar_lit.lightning_compat import TorchCheckpointIO, queue_after_pending_saves
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL, MODELS, build_model
 from cifar_lit.phases import phase
 from cifar_lit.reliability.disk import disk_full_message, is_write_failure, write_failure_cause
 from cifar_lit.reliability.errors import CheckpointError
@@ -131,9 +131,15 @@ def saved_int(checkpoint: dict[str, Any], key: str, default: int, low: int, high
     return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
 
 
-def saved_width(checkpoint: dict[str, Any], default: int) -> int | None:
+def saved_width(checkpoint: dict[str, Any]) -> int | None:
     """The network width a checkpoint was trained with; None when it is not a plausible width."""
-    return saved_int(checkpoint, "width", default, 1, MAX_WIDTH)
+    return saved_int(checkpoint, "width", BASE_WIDTH, 1, MAX_WIDTH)
+
+
+def saved_model(checkpoint: dict[str, Any]) -> str:
+    """The network a checkpoint was trained with: the name it carries, or resnet18 for runs that predate the
+    choice of network."""
+    return (checkpoint.get("hyper_parameters") or {}).get("model", DEFAULT_MODEL)
 
 
 def saved_num_classes(checkpoint: dict[str, Any]) -> int | None:
@@ -150,19 +156,16 @@ def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Callable[[int, int], dict[str, Any]],
-                     default_width: int, use: str = "resume from") -> None:
-    """Refuse a checkpoint of another model, width or class count with a message instead of a shape traceback.
-
-    `reference_state(width, num_classes)` gives the state dict of a fresh network to compare shapes with; `use`
-    says what the user wanted to do with the checkpoint ("resume from", "evaluate").
-    """
+def check_compatible(checkpoint: dict[str, Any], path: Path, use: str = "resume from") -> None:
+    """Refuse a checkpoint of another model, width or class count with a message instead of a shape traceback:
+    its weights are compared with a fresh network of the model, width and class count it names. `use` says what the
+    user wanted to do with it ("resume from", "evaluate")."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by cifar_lit's train.py (it has no "
                               f"state_dict). To {use.split()[0]} a run, use a .ckpt file from "
                               "<logdir>/version_N/checkpoints/.")
-    width, classes = saved_width(checkpoint, default_width), saved_num_classes(checkpoint)
+    width, classes, model = saved_width(checkpoint), saved_num_classes(checkpoint), saved_model(checkpoint)
     if width is None or classes is None:
         hparams = checkpoint.get("hyper_parameters") or {}
         named = (f"a network width of {hparams.get('width')!r}, which is not an integer from 1 to {MAX_WIDTH}"
@@ -170,8 +173,12 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Ca
                  f"{MAX_CLASSES}")
         raise CheckpointError(f"{path} names {named}; it was not written by cifar_lit. Use a checkpoint of a "
                               f"cifar_lit run to {use}.")
-    reference = reference_state(width, classes)
-    reference = {key: value for key, value in reference.items() if key.startswith("model.")}  # the network itself
+    if model not in MODELS:
+        raise CheckpointError(f"{path} was trained as the network {model!r}, which this version of cifar_lit does not "
+                              f"have (it has {', '.join(MODELS)}). Use the version of cifar_lit it was trained with, "
+                              f"or a checkpoint of one of those networks to {use}.")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        reference = {f"model.{key}": value for key, value in build_model(model, classes, width).state_dict().items()}
     missing = [key for key in reference if key not in state]
     unexpected = [key for key in state if key.startswith("model.") and key not in reference]
     mismatched = [
@@ -190,7 +197,7 @@ def check_compatible(checkpoint: dict[str, Any], path: Path, reference_state: Ca
             if part
         )
         raise CheckpointError(
-            f"{path} does not hold the {classes}-class CIFAR ResNet18 of width {width} that its hyperparameters "
+            f"{path} does not hold the {classes}-class {model} of width {width} that its hyperparameters "
             f"describe ({details}). It comes from another model or class count; {use} a checkpoint of a cifar_lit "
             "run instead."
         )

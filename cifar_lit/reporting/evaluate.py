@@ -21,7 +21,6 @@ import yaml
 
 from cifar_lit.data.sources import NAMES, Split, open_dataset
 from cifar_lit.hardware.plan import single_device
-from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import checkpoint_file, run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
@@ -186,7 +185,7 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
             save_figure(gradcam_grid_figure(pictures, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true,
                                             predicted.tolist(), cams["confidence"].tolist(), classes,
                                             f"Grad-CAM ({gradcam_layer}): {title}"), out / f"gradcam_{kind}.png")
-    write_model_summary(out, model.hparams.get("width", RESNET18_WIDTH), len(classes))
+    write_model_summary(out, model.module.hparams.model, model.module.hparams.width, len(classes))
     run_dir = run_dir_of(checkpoint)
     curves = run_dir / "metrics.csv" if run_dir else None
     if curves is not None and curves.is_file():

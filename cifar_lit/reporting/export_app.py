@@ -75,7 +75,8 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
     torch.save(weights, buffer)
     write_bytes_atomic(folder / "model.pt", buffer.getvalue())
     summary = run_summary(checkpoint)
-    info = {"title": f"CIFAR ResNet18 (width {model.hparams.get('width', 64)})",
+    hparams = model.module.hparams
+    info = {"title": f"CIFAR {hparams.model} (width {hparams.width})",
             "dataset": NAMES.get(model.dataset or "", "image folder"),
             "test_acc": summary.get("test_acc"), "command": summary.get("command"), "checkpoint": Path(checkpoint).name}
     examples, gallery = [], []
@@ -91,7 +92,7 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
             caption = f"true: {names[test.labels[index]]} / pred: {names[predictions[index]]}"
             gallery.append((save_picture(folder / "gallery" / f"{index:06d}.png", test.images[index]), caption))
         info["test_acc"] = info["test_acc"] if info["test_acc"] is not None else float(1 - wrong.mean())
-    meta = {"width": model.hparams.get("width", 64), "class_names": names, "mean": list(model.mean),
+    meta = {"model": hparams.model, "width": hparams.width, "class_names": names, "mean": list(model.mean),
             "std": list(model.std), "info": info,
             "examples": [str(Path(path).relative_to(folder)) for path in examples],
             "gallery": [[str(Path(path).relative_to(folder)), caption] for path, caption in gallery]}
@@ -116,7 +117,7 @@ def space_card(meta: dict[str, Any]) -> str:
     return "\n".join([
         "---", f"title: {info['title']}", "sdk: gradio", f"sdk_version: {gradio.__version__}", "app_file: app.py",
         "pinned: false", "---", "", f"# {info['title']}", "",
-        f"A CIFAR ResNet18 trained on {info.get('dataset')} with cifar_lit "
+        f"A CIFAR {meta.get('model', 'resnet18')} trained on {info.get('dataset')} with cifar_lit "
         f"({len(meta['class_names'])} classes: {', '.join(meta['class_names'][:10])}"
         f"{', ...' if len(meta['class_names']) > 10 else ''}).", "",
         f"- Test accuracy: **{accuracy}**", f"- Trained with: {trained}", "",

@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.pixels import read_picture
-from cifar_lit.models.resnet import RESNET18_WIDTH
 from cifar_lit.reliability.checkpoints import check_compatible, datamodule_state, load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
@@ -38,7 +37,7 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> Traine
     """Weights-only load, refused with a message when unsafe, unreadable, or another model."""
     path = Path(path)
     checkpoint = load_checkpoint(path, resuming=False)
-    check_compatible(checkpoint, path, CIFARClassifier.network_state, RESNET18_WIDTH, use="evaluate")
+    check_compatible(checkpoint, path, use="evaluate")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     known = inspect.signature(CIFARClassifier.__init__).parameters
     module = CIFARClassifier(**{k: v for k, v in hparams.items() if k in known and k != "compile"})

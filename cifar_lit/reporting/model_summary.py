@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torchinfo import summary
 
-from cifar_lit.models import resnet18
+from cifar_lit.models import build_model
 from cifar_lit.phases import phase
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import RunFolderCallback
@@ -21,20 +21,20 @@ UNIT_NAMES = {"Units.NONE": "", "Units.KILOBYTES": "K", "Units.MEGABYTES": "M", 
               "Units.TERABYTES": "T"}
 
 
-def model_summary_text(width: int, num_classes: int, depth: int = 3) -> str:
-    """The table for the CIFAR ResNet18 of `width` and `num_classes` (a fresh copy on the CPU, in eval mode: the
+def model_summary_text(model: str, width: int, num_classes: int, depth: int = 3) -> str:
+    """The table for the network `model` of `width` and `num_classes` (a fresh copy on the CPU, in eval mode: the
     architecture is what is summarised, and the trained network's batch-norm statistics are never touched)."""
-    network = resnet18(num_classes=num_classes, width=width).eval()
+    network = build_model(model, num_classes, width).eval()
     stats = summary(network, input_size=(1, 3, 32, 32), col_names=("output_size", "num_params", "mult_adds"),
                     depth=depth, verbose=0, device=torch.device("cpu"), row_settings=("var_names",))
     table = re.sub("|".join(re.escape(name) for name in UNIT_NAMES), lambda m: UNIT_NAMES[m.group(0)], str(stats))
-    header = (f"CIFAR ResNet18, width {width}, {num_classes} classes: {stats.total_params:,} parameters, "
+    header = (f"{model}, width {width}, {num_classes} classes: {stats.total_params:,} parameters, "
               f"{stats.total_mult_adds / 1e6:,.1f} M mult-adds per 32x32 image\n\n")
     return header + table + "\n"
 
 
-def write_model_summary(folder: Path, width: int, num_classes: int) -> Path:
-    return write_text_atomic(Path(folder) / SUMMARY_FILE, model_summary_text(width, num_classes))
+def write_model_summary(folder: Path, model: str, width: int, num_classes: int) -> Path:
+    return write_text_atomic(Path(folder) / SUMMARY_FILE, model_summary_text(model, width, num_classes))
 
 
 class ModelSummaryFile(RunFolderCallback):
@@ -43,4 +43,5 @@ class ModelSummaryFile(RunFolderCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.run_dir is not None:
             with phase("reports"):
-                write_model_summary(self.run_dir, pl_module.hparams.width, pl_module.hparams.num_classes)
+                hparams = pl_module.hparams
+                write_model_summary(self.run_dir, hparams.model, hparams.width, hparams.num_classes)

@@ -104,6 +104,8 @@ class RunSummary(RunFolderCallback):
             "device": device_description(trainer.strategy.root_device),
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
+            "model": trainer.lightning_module.hparams.model,
+            "width": trainer.lightning_module.hparams.width,
             "dataset": getattr(getattr(trainer.datamodule, "dataset", None), "kind", None),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Callback
 
 from cifar_lit.hardware.plan import explicit_options
 from cifar_lit.lightning_compat import epochs_completed
-from cifar_lit.models.resnet import RESNET18_WIDTH
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL
 from cifar_lit.reliability.checkpoints import (
     callback_state,
     check_compatible,
@@ -32,7 +32,6 @@ from cifar_lit.reliability.errors import CheckpointError, ConfigError, DataError
 from cifar_lit.reporting.summary import SUMMARY_NAME
 from cifar_lit.run.config import all_options, parse_config
 from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget, resolve_target
-from cifar_lit.training.module import CIFARClassifier
 
 log = logging.getLogger("cifar_lit")
 
@@ -105,7 +104,9 @@ def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path:
 NOT_CARRIED = ("resume", "config", "logdir", "dry_run", "find_lr", "fast_dev_run")
 # Options a checkpoint's training state depends on: a resume with other values would train another network or
 # continue the data order at the wrong place.
-MUST_MATCH = {"width": "the network's shape", "batch_size": "where the data order continues"}
+MUST_MATCH = {"model": "the network itself", "width": "the network's shape",
+              "batch_size": "where the data order continues"}
+TRAINED_BEFORE_THE_OPTION = {"model": DEFAULT_MODEL, "width": BASE_WIDTH}  # what a checkpoint that names none had
 
 
 def saved_configuration(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +139,7 @@ def check_matches_checkpoint(checkpoint: dict[str, Any], config: dict[str, Any],
     saved = saved_configuration(checkpoint)
     hparams = checkpoint.get("hyper_parameters") or {}
     for key, why in MUST_MATCH.items():
-        trained = hparams.get(key, saved.get(key))
-        if key == "width" and trained is None:
-            trained = RESNET18_WIDTH
+        trained = hparams.get(key, saved.get(key, TRAINED_BEFORE_THE_OPTION.get(key)))
         if trained is not None and config.get(key) != trained:
             raise ConfigError(
                 f"--{key.replace('_', '-')} {config.get(key)} does not match {path}, trained with {key}={trained} "
@@ -175,7 +174,7 @@ def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
     logdir = Path(config["logdir"])
     path = find_last_checkpoint(logdir) if config["resume"] == "last" else Path(config["resume"])
     checkpoint = load_checkpoint(path)
-    check_compatible(checkpoint, path, CIFARClassifier.network_state, RESNET18_WIDTH)
+    check_compatible(checkpoint, path)
     if "optimizer_states" not in checkpoint:
         raise CheckpointError(
             f"{path} holds the network's weights only (a best-*.ckpt of a run with --best-weights-only), not the "

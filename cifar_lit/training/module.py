@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
-from cifar_lit.models import resnet18
-from cifar_lit.models.resnet import RESNET18_WIDTH
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL, MODELS, build_model
 from cifar_lit.reliability.option_types import (
     ClosedUnitInterval,
     Fraction,
@@ -28,15 +27,19 @@ log = logging.getLogger(__name__)
 
 
 TOP5_ABOVE_CLASSES = 10  # top-5 accuracy is reported for data sets with more classes than this
+ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # every registered network, for --model
 
 
 class CIFARClassifier(pl.LightningModule):
-    """The CIFAR ResNet18 for any number of classes, trained with nesterov SGD and a per-step LR schedule.
+    """A CIFAR network (the ResNet18 by default) for any number of classes, trained with nesterov SGD and a
+    per-step LR schedule.
 
     Args:
         num_classes: output classes (the data set's; 10 for CIFAR-10).
-        width: channels of the network's first stage (doubled in each later one). 64 is the ResNet18 this project
-            trains, 11,173,962 parameters; narrower networks of the same shape are for quick tests.
+        model: the network, by its registered name (cifar_lit.models): resnet18 (11,173,962 parameters), resnet34
+            (21,282,122) or resnet9 (Page's DAWNBench ResNet-9, 6,573,130).
+        width: channels of the network's first stage (doubled in each later one). 64 is the published network;
+            narrower ones of the same shape are for quick tests.
         lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
         lr_reference_batch_size: the peak LR is scaled linearly with the global batch (batch size per device x
             devices x nodes) relative to this many images (Goyal et al., 2017); null uses `lr` as it is.
@@ -64,7 +67,8 @@ class CIFARClassifier(pl.LightningModule):
     def __init__(
         self,
         num_classes: int = 10,
-        width: PositiveInt = RESNET18_WIDTH,
+        model: ModelName = DEFAULT_MODEL,
+        width: PositiveInt = BASE_WIDTH,
         lr: PositiveFloat = 0.2,
         lr_reference_batch_size: PositiveInt | None = 256,
         batch_size: PositiveInt = 256,
@@ -87,7 +91,7 @@ class CIFARClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = resnet18(num_classes=num_classes, width=width)
+        self.model = build_model(model, num_classes, width)
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # Training: running accuracy and loss, one addition each per step (training.metrics). Their sums go into
         # checkpoints, so an epoch resumed from a mid-epoch checkpoint reports what an uninterrupted one would.
@@ -105,12 +109,6 @@ class CIFARClassifier(pl.LightningModule):
         self.evaluation: dict[str, dict[str, torch.Tensor]] = {}
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
-
-    @staticmethod
-    def network_state(width: int, num_classes: int = 10) -> dict[str, torch.Tensor]:
-        """The state dict of a fresh module with a network of `width` and `num_classes` outputs: the shapes a
-        checkpoint must match."""
-        return CIFARClassifier(width=width, num_classes=num_classes).state_dict()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
