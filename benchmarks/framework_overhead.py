@@ -31,11 +31,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cifar_lit import models
 from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.constants import CIFAR10_CLASSES
 from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions, write_record
+from cifar_lit.run import config as options
 from cifar_lit.run import train as run
-from cifar_lit.run.config import parse_config
 from cifar_lit.training import module
 
 SKIP = 10  # first steps left out: allocations, first-call costs
@@ -101,8 +102,10 @@ def lightning_step_seconds(data: Path, logdir: Path, steps: int) -> float:
 
 
 def bare_step_seconds(data: Path, steps: int) -> float:
-    config = parse_config(flags(data, Path(tempfile.mkdtemp()), steps))
-    result = baseline.bare_training_run(config, "cpu", "32-true")
+    argv = flags(data, Path(tempfile.mkdtemp()), steps)
+    # Typed options since the options were typed; a flat dict before.
+    parsed = options.parse_options(argv) if hasattr(options, "parse_options") else options.parse_config(argv)
+    result = baseline.bare_training_run(parsed, "cpu", "32-true")
     return 32 / result["images_per_second"]
 
 
@@ -114,7 +117,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     torch.manual_seed(0)
-    module.resnet18 = baseline.resnet18 = TinyNet  # both paths train the tiny network
+    if hasattr(models, "MODELS"):  # every consumer builds the network by name since the registry
+        models.MODELS["resnet18"] = TinyNet
+    else:  # older commits built it with resnet18() in these two modules
+        module.resnet18 = baseline.resnet18 = TinyNet
     with tempfile.TemporaryDirectory() as tmp:
         data = write_images(Path(tmp) / "data", per_class=args.steps * 32 // 10)
         lightning, bare = [], []

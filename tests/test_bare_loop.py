@@ -10,13 +10,13 @@ from helpers import TINY_FLAGS
 from cifar_lit.bench.bare_loop import bare_training_run
 from cifar_lit.hardware.plan import plan_hardware
 from cifar_lit.hardware.timing import cudnn_autotune, steady_throughput
-from cifar_lit.run.config import parse_config
+from cifar_lit.run.config import Options, parse_options
 
 
-def bare_config(image_folder, tmp_path, *flags: str) -> dict:
-    config = parse_config([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"),
-                           "--width", "8", "--target-acc", "1.0", *flags])
-    return plan_hardware(config, set(), with_memory=False).apply(config)
+def bare_config(image_folder, tmp_path, *flags: str) -> Options:
+    options = parse_options([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"),
+                             "--width", "8", "--target-acc", "1.0", *flags])
+    return options.with_plan(plan_hardware(options.hardware_request(), with_memory=False))
 
 
 def test_throughput_leaves_out_the_first_epoch():

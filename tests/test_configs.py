@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_lit.run.config import build_parser, parse_config
+from cifar_lit.run.config import build_parser, parse_options
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -14,8 +14,7 @@ def test_the_presets_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_preset_parses_and_is_in_range(path):
-    config = parse_config(["--config", str(path)])
-    assert config["config"] == [str(path)]
+    assert parse_options(["--config", str(path)]).config == [str(path)]
 
 
 def test_default_yaml_is_what_train_py_runs_without_a_config():
@@ -29,13 +28,13 @@ def test_default_yaml_is_what_train_py_runs_without_a_config():
 def test_command_line_overrides_the_config_file(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("max_epochs: 4\nbatch_size: 64\n")
-    config = parse_config(["--config", str(preset), "--batch-size", "32"])
-    assert config["max_epochs"] == 4 and config["batch_size"] == 32
+    options = parse_options(["--config", str(preset), "--batch-size", "32"])
+    assert options.run.max_epochs == 4 and options.model.batch_size == options.data.batch_size == 32
 
 
 def test_later_config_files_override_earlier_ones(tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("lr: 0.1\nseed: 3\n")
     second.write_text("lr: 0.3\n")
-    config = parse_config(["--config", str(first), "--config", str(second)])
-    assert config["lr"] == 0.3 and config["seed"] == 3
+    options = parse_options(["--config", str(first), "--config", str(second)])
+    assert options.model.lr == 0.3 and options.run.seed == options.data.seed == 3

@@ -15,7 +15,7 @@ from cifar_lit.hardware import devices, plan, timing
 from cifar_lit.hardware.memory import network_sizes
 from cifar_lit.reporting.provenance import device_description
 from cifar_lit.run import trainer as trainer_module
-from cifar_lit.run.config import parse_config
+from cifar_lit.run.config import parse_options
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_sgd
@@ -104,15 +104,19 @@ def emulate(monkeypatch, gpu: str, count: int = 1, arch_list: list[str] | None =
     monkeypatch.setattr(plan, "nvidia_driver", lambda proc=None: None)
 
 
-def config_for(*flags: str) -> dict:
-    return parse_config(list(flags))
+def config_for(*flags: str, as_flags: bool = False) -> plan.HardwareRequest:
+    """What a run with `flags` asks of the machine; `as_flags`: --compile counts as typed on the command line."""
+    options = parse_options(list(flags))
+    if not as_flags:
+        options.given = set()
+    return options.hardware_request()
 
 
 @pytest.mark.parametrize("gpu", list(GPUS))
 def test_each_device_gets_its_plan(gpu, monkeypatch):
     emulate(monkeypatch, gpu)
     precision, can_compile, channels_last, fused = EXPECTED[gpu]
-    hardware = plan.plan_hardware(config_for("--compile"), set())
+    hardware = plan.plan_hardware(config_for("--compile"))
     assert (hardware.precision, hardware.compile, hardware.channels_last, hardware.fused_sgd) == (
         precision, can_compile, channels_last, fused)
     expected_accelerator = {"cuda": "cuda", "rocm": "cuda", "mps": "mps", "cpu": "cpu"}[GPUS[gpu][0]]
@@ -124,43 +128,43 @@ def test_each_device_gets_its_plan(gpu, monkeypatch):
 
 def test_no_native_bf16_below_capability_8_is_said(monkeypatch):
     emulate(monkeypatch, "T4")
-    hardware = plan.plan_hardware(config_for(), set())
+    hardware = plan.plan_hardware(config_for())
     assert "emulated below compute capability 8.0 (7.5 here)" in hardware.reasons["precision"]
-    forced = plan.plan_hardware(config_for("--precision", "bf16-mixed"), set())
+    forced = plan.plan_hardware(config_for("--precision", "bf16-mixed"))
     assert forced.precision == "bf16-mixed" and "16-mixed is faster" in forced.reasons["precision"]
 
 
 def test_a_flag_or_config_value_wins_over_the_plan(monkeypatch):
     emulate(monkeypatch, "H100")
     hardware = plan.plan_hardware(config_for("--precision", "32-true", "--no-channels-last", "--no-fused-sgd",
-                                             "--no-data-on-device"), set())
+                                             "--no-data-on-device"))
     assert (hardware.precision, hardware.channels_last, hardware.fused_sgd, hardware.data_on_device) == (
         "32-true", False, False, False)
-    applied = hardware.apply(config_for())
-    assert applied["precision"] == "32-true" and applied["channels_last"] is False
+    applied = parse_options([]).with_plan(hardware)
+    assert applied.run.precision == "32-true" and applied.model.channels_last is applied.data.channels_last is False
 
 
 def test_a_preset_that_compiles_runs_eager_where_inductor_cannot_but_the_flag_is_refused(monkeypatch):
     emulate(monkeypatch, "P100")
     preset = Path(__file__).resolve().parent.parent / "configs" / "fast85.yaml"
-    hardware = plan.plan_hardware(config_for("--config", str(preset)), set())
+    hardware = plan.plan_hardware(config_for("--config", str(preset)))
     assert hardware.compile is False
     assert "Triton needs compute capability 7.0" in hardware.reasons["compile"] and "eager" in hardware.reasons[
         "compile"]
     with pytest.raises(plan.HardwareError, match="--compile cannot work on Tesla P100"):
-        plan.plan_hardware(config_for("--compile"), {"compile"})
+        plan.plan_hardware(config_for("--compile", as_flags=True))
 
 
 def test_without_triton_compile_is_off_on_a_gpu(monkeypatch):
     emulate(monkeypatch, "A100")
     monkeypatch.setattr(plan.importlib.util, "find_spec", lambda name: None)
-    hardware = plan.plan_hardware(config_for("--compile"), set())
+    hardware = plan.plan_hardware(config_for("--compile"))
     assert hardware.compile is False and "Triton is not installed" in hardware.reasons["compile"]
 
 
 def test_a_mac_trains_on_mps_by_default_and_gpus_points_to_it(monkeypatch, capsys, tmp_path):
     emulate(monkeypatch, "Apple M2")
-    assert plan.plan_hardware(config_for(), set()).accelerator == "mps"
+    assert plan.plan_hardware(config_for()).accelerator == "mps"
     assert main(["--gpus", "1", "--logdir", str(tmp_path / "logs")]) == 2
     err = capsys.readouterr().err
     assert "--accelerator mps" in err and "CUDA_VISIBLE_DEVICES" not in err
@@ -170,14 +174,14 @@ def test_each_rank_asks_only_its_own_gpu(monkeypatch):
     queried: list[int] = []
     emulate(monkeypatch, "T4", count=2, queried=queried)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    hardware = plan.plan_hardware(config_for("--gpus", "2"), set())
+    hardware = plan.plan_hardware(config_for("--gpus", "2"))
     assert hardware.device.index == 1 and set(queried) == {1}
 
 
 def test_a_wheel_without_kernels_for_the_gpu_is_refused_with_the_fix(monkeypatch):
     emulate(monkeypatch, "P100", arch_list=CU130)
     with pytest.raises(plan.HardwareError) as refused:
-        plan.plan_hardware(config_for("--gpus", "1"), set())
+        plan.plan_hardware(config_for("--gpus", "1"))
     message = str(refused.value)
     assert "Tesla P100" in message and "compute capability 6.0" in message and "sm_75" in message
     assert plan.OLDER_GPU_WHEEL in message and "without -c constraints.txt" in message
@@ -211,18 +215,18 @@ def test_the_kernel_driver_is_read_from_proc(tmp_path):
 
 def test_rocm_bf16_only_on_cards_with_bf16_matrix_units(monkeypatch):
     emulate(monkeypatch, "MI250X")
-    assert plan.plan_hardware(config_for(), set()).precision == "bf16-mixed"
+    assert plan.plan_hardware(config_for()).precision == "bf16-mixed"
     emulate(monkeypatch, "RX 6900 XT")
-    assert plan.plan_hardware(config_for(), set()).precision == "16-mixed"
+    assert plan.plan_hardware(config_for()).precision == "16-mixed"
 
 
 def test_the_data_stays_in_host_memory_when_the_gpu_is_nearly_full(monkeypatch):
     emulate(monkeypatch, "T4", free_gb=1.0)
     data = 250 * 2**20
-    hardware = plan.plan_hardware(config_for("--gpus", "1"), set(), data_bytes=data)
+    hardware = plan.plan_hardware(config_for("--gpus", "1"), data_bytes=data)
     assert hardware.data_on_device is False and "copied from host memory" in hardware.reasons["data_on_device"]
     emulate(monkeypatch, "T4", free_gb=14.0)
-    assert plan.plan_hardware(config_for("--gpus", "1"), set(), data_bytes=data).data_on_device is True
+    assert plan.plan_hardware(config_for("--gpus", "1"), data_bytes=data).data_on_device is True
 
 
 def test_the_memory_estimate_counts_the_real_network():
@@ -250,7 +254,7 @@ def test_a_dry_run_whose_plan_does_not_fit_says_so_and_names_what_to_lower(monke
     assert "on NVIDIA GeForce RTX 2060, which has 5.7 GB free: it will probably run out of memory" in warning
     suggested = int(warning.split("about ")[1].split(" would fit")[0])
     assert 64 <= suggested < 4096 and "Lower --batch-size (now 4096; about" in warning
-    hardware = plan.plan_hardware(config_for("--gpus", "1", "--batch-size", str(suggested)), set())
+    hardware = plan.plan_hardware(config_for("--gpus", "1", "--batch-size", str(suggested)))
     assert hardware.memory.total <= hardware.device.free_bytes, "the suggested batch fits by the same estimate"
     assert main([*flags, "--batch-size", "256"]) == 0
     assert "warning:" not in capsys.readouterr().out
@@ -296,11 +300,10 @@ def test_out_of_memory_is_one_paragraph_and_removes_the_unused_run_folder(image_
 def test_out_of_memory_names_the_gpu_and_its_free_memory(monkeypatch):
     emulate(monkeypatch, "T4", free_gb=0.4)
     device = devices.probe_gpu(0)
-    config = {"batch_size": 512, "eval_batch_size": 2000, "data_on_device": True}
     needed = plan.estimate("resnet18", 64, 10, 512, 2000, "16-mixed", False, 250 * 2**20)
     from cifar_lit.hardware.memory import DeviceOutOfMemory, out_of_memory_as_error
 
-    with pytest.raises(DeviceOutOfMemory) as stopped, out_of_memory_as_error(device, needed, config):
+    with pytest.raises(DeviceOutOfMemory) as stopped, out_of_memory_as_error(device, needed, 512, 2000, True):
         raise RuntimeError("CUDA error: out of memory")
     message = str(stopped.value)
     assert message.startswith("Tesla T4 (cuda:0") and "0.4 GB free of 15.0 GB" in message

@@ -11,7 +11,6 @@ import torch
 from torch.nn import functional as F
 
 from cifar_lit.bench import bare_loop as baseline
-from cifar_lit.data.augment import scale_and_shift
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.reporting.inference import TrainedModel, evaluate_images
 from cifar_lit.training.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
@@ -81,9 +80,7 @@ def test_trainer_evaluate_py_and_bare_loop_report_the_same_evaluation(image_fold
     trained = TrainedModel(module.eval(), datamodule.mean, datamodule.std, dict(module.hparams), {})
     by_report, _ = evaluate_images(trained, test.images, test.labels, batch_size=32, flip_tta=flip_tta)
 
-    scale, shift = scale_and_shift(datamodule.mean, datamodule.std)
-    by_bare = baseline.evaluate(module.model, torch.from_numpy(test.images), torch.from_numpy(test.labels), scale,
-                                shift, 32, contextlib.nullcontext, channels_last=False, flip_tta=flip_tta)
+    by_bare = baseline.evaluate(module, datamodule, contextlib.nullcontext)
 
     assert by_report["confusion_matrix"] == by_trainer["confusion"].tolist() == by_bare["confusion"].tolist()
     assert by_report["images"] == by_trainer["images"] == by_bare["images"] == len(test)

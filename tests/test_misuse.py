@@ -25,7 +25,7 @@ from cifar_lit.reliability.checkpoints import load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
 from cifar_lit.reporting.evaluate import main as evaluate
 from cifar_lit.run import train as run
-from cifar_lit.run.config import parse_config
+from cifar_lit.run.config import parse_options
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
 
@@ -60,8 +60,8 @@ def test_flags_override_config_files_wherever_they_stand(tmp_path):
     preset.write_text("batch_size: 64\nmax_epochs: 4\n")
     for argv in (["--config", str(preset), "--batch-size", "32"], ["--batch-size", "32", "--config", str(preset)],
                  ["--batch-size=32", f"--config={preset}"]):
-        config = parse_config(argv)
-        assert (config["batch_size"], config["max_epochs"]) == (32, 4), argv
+        options = parse_options(argv)
+        assert (options.model.batch_size, options.data.batch_size, options.run.max_epochs) == (32, 32, 4), argv
 
 
 def test_a_long_warm_up_before_a_target_is_warned_of(tiny_flags, caplog):
@@ -79,7 +79,7 @@ def test_gpus_beside_a_devices_or_accelerator_it_overrides_is_refused(tiny_flags
     assert f"--gpus 0 means --accelerator cpu --devices 1, so {clash} beside it would have no effect" in \
         one_error(capsys)
     assert not list((tmp_path / "logs").glob("version_*"))
-    agreeing = parse_config(["--gpus", "0", "--devices", "1", "--accelerator", "cpu"])
+    agreeing = parse_options(["--gpus", "0", "--devices", "1", "--accelerator", "cpu"]).hardware_request()
     assert choose_accelerator(agreeing) == ("cpu", 1), "flags that agree with --gpus are fine"
 
 

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.run.config import class_kwargs, parse_config
+from cifar_lit.run.config import parse_options
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
 
@@ -104,6 +104,6 @@ def test_schedule_rebuilt_over_a_longer_run_keeps_the_step():
 
 
 def test_one_batch_size_flag_sets_the_loaders_and_the_lr_scaling():
-    config = parse_config(["--batch-size", "512"])
-    assert class_kwargs(CIFARClassifier, config)["batch_size"] == 512
-    assert class_kwargs(ImageDataModule, config)["batch_size"] == 512
+    options = parse_options(["--batch-size", "512"])
+    assert CIFARClassifier(**options.model_kwargs()).hparams.batch_size == 512
+    assert ImageDataModule(**options.data_kwargs()).hparams.batch_size == 512

@@ -17,6 +17,7 @@ from cifar_lit.app.demo import Bundle, Classifier, classify
 from cifar_lit.models import MODELS
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reporting.evaluate import main as evaluate
+from cifar_lit.run.config import parse_options
 from cifar_lit.run.resume import check_matches_checkpoint
 from cifar_lit.run.train import main as train
 
@@ -85,8 +86,8 @@ def test_a_run_that_names_no_network_loads_resumes_and_evaluates_as_resnet18(ima
 def test_a_resume_with_another_network_is_refused(tmp_path):
     checkpoint = {"hyper_parameters": {"model": "resnet9"}}
     with pytest.raises(ConfigError, match=r"--model resnet18 does not match .*trained with model=resnet9"):
-        check_matches_checkpoint(checkpoint, {"model": "resnet18", "width": 64, "batch_size": 256}, tmp_path / "x")
+        check_matches_checkpoint(checkpoint, parse_options([]), tmp_path / "x")
     no_model = {"hyper_parameters": {"width": 64}}  # a checkpoint from before --model: a ResNet18
-    check_matches_checkpoint(no_model, {"model": "resnet18", "width": 64, "batch_size": 256}, tmp_path / "x")
+    check_matches_checkpoint(no_model, parse_options([]), tmp_path / "x")
     with pytest.raises(ConfigError, match=r"--model resnet34 does not match .*trained with model=resnet18"):
-        check_matches_checkpoint(no_model, {"model": "resnet34", "width": 64, "batch_size": 256}, tmp_path / "x")
+        check_matches_checkpoint(no_model, parse_options(["--model", "resnet34"]), tmp_path / "x")

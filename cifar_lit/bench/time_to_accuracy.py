@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lit.bench.bare_loop import bare_training_run
-from cifar_lit.hardware.plan import explicit_options, plan_hardware
+from cifar_lit.hardware.plan import plan_hardware
 from cifar_lit.phases import PHASES
 from cifar_lit.reporting.provenance import (
     PROJECT_ROOT,
@@ -40,7 +40,7 @@ from cifar_lit.reporting.provenance import (
     versions,
     write_record,
 )
-from cifar_lit.run.config import parse_config
+from cifar_lit.run.config import parse_options
 from cifar_lit.run.stop_at_target import CIFAR10_TARGET
 from cifar_lit.training.compile_cache import compile_cache
 
@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = Path(args.preset)
     if preset.suffix not in (".yaml", ".yml"):
         preset = PROJECT_ROOT / "configs" / f"{args.preset}.yaml"
-    config = parse_config(["--config", str(preset), "--data-dir", args.data_dir, *extra])
-    hardware = plan_hardware(config, explicit_options(extra), with_memory=False)
+    options = parse_options(["--config", str(preset), "--data-dir", args.data_dir, *extra])
+    hardware = plan_hardware(options.hardware_request(), with_memory=False)
     device, precision = hardware.device.torch_device, hardware.precision
     log_file = Path(args.log) if args.log else None
     jsonl, kind = (Path(args.jsonl) if args.jsonl else None), args.kind or preset.stem
@@ -276,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         "preset": preset.stem,
         "date": dt.date.today().isoformat(),
         "device": device_description(device),
-        "target_acc": config["target_acc"] if config["target_acc"] is not None else CIFAR10_TARGET,
+        "target_acc": options.run.target_acc if options.run.target_acc is not None else CIFAR10_TARGET,
         "data": f"{args.data_dir}",
         "command": command_line(sys.argv[1:] if argv is None else argv, "-m cifar_lit.bench"),
         "git_commit": git_commit(),
         "versions": versions(),
-        "config": config,
+        "config": options.as_dict(),
     }
     with tempfile.TemporaryDirectory(prefix="cifar_lit_bench_") as tmp, GpuBusySampler() as sampler:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "gpu_busy_percent")}
             record["pil_data_path"]["epochs_note"] = "throughput run: schedule and accuracy not comparable"
         if args.bare:
-            bare_config = dict(hardware.apply(config), seed=args.first_seed)
-            with compile_cache(cache):  # the runs' own cache: the bare loop's graphs are not the run's
-                bare = bare_training_run(bare_config, device, precision)
+            bare_options = options.with_plan(hardware).replace(seed=args.first_seed)
+            with compile_cache(cache):  # the runs' own cache: the bare loop compiles what the runs compiled
+                bare = bare_training_run(bare_options, device, precision)
             bare["seed"] = args.first_seed
             bare["gpu_busy_percent"] = sampler.mean_between(bare["train_started_at"], bare["train_ended_at"])
             record["bare_pytorch"] = bare

@@ -167,6 +167,12 @@ class ImageDataModule(pl.LightningDataModule):
         self._channel_constants: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._augment, self._normalize = augment, normalize
+        self._without_trainer: tuple[torch.device, str] | None = None  # (device, precision): `use_without_trainer`
+
+    def use_without_trainer(self, device: torch.device | str, precision: str) -> None:
+        """Serve a loop of its own (the bare PyTorch loop): the data on `device`, batches in `precision`'s dtype, one
+        process. A Trainer tells the DataModule these itself."""
+        self._without_trainer = (torch.device(device), precision)
 
     # ------------------------------------------------------------------------------------------------ data on disk
 
@@ -257,6 +263,8 @@ class ImageDataModule(pl.LightningDataModule):
     def _device(self) -> torch.device:
         if self.trainer is not None and self.hparams.data_on_device:
             return self.trainer.strategy.root_device
+        if self.trainer is None and self._without_trainer is not None:
+            return self._without_trainer[0]
         return torch.device("cpu")
 
     def _as_tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,7 +397,9 @@ class ImageDataModule(pl.LightningDataModule):
         return self._generators[device]
 
     def _input_dtype(self) -> torch.dtype:
-        return input_dtype(str(self.trainer.precision)) if self.trainer is not None else torch.float32
+        if self.trainer is not None:
+            return input_dtype(str(self.trainer.precision))
+        return input_dtype(self._without_trainer[1]) if self._without_trainer is not None else torch.float32
 
     def compile_transforms(self, **options: Any) -> None:
         """Compile the batch transforms (`torch.compile(**options)`): augmentation and normalization each become

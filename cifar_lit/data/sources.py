@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,18 @@ def expected_image_counts(data_dir: Path) -> tuple[int, int]:
     if detect_format(data_dir) == "folder":
         return count_images(data_dir)
     return 50_000, 10_000
+
+
+def expected_class_count(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine") -> int:
+    """The classes the data set will have, without reading it: CIFAR-100's 100 (20 coarse), an image folder's class
+    folders, else CIFAR-10's 10 (also for a copy still to be downloaded). The memory estimate needs it first."""
+    found = detect_format(data_dir)
+    if dataset == "cifar100" or found == "cifar100":
+        return 20 if cifar100_labels == "coarse" else 100
+    if found == "folder" and (data_dir / "train").is_dir():
+        return max(2, sum(1 for entry in (data_dir / "train").iterdir() if entry.is_dir()
+                          and not entry.name.startswith(".")))
+    return 10
 
 
 def missing_data_message(data_dir: Path, dataset: str = "auto", downloadable: bool = True) -> str:
@@ -196,22 +208,24 @@ class DataSet:
     data_dir: Path
     class_names: tuple[str, ...]
     source: str  # the format on disk: "cifar10", "cifar100" or "folder"
-    options: dict = field(default_factory=dict)
+    verify_checksums: bool = True  # torchvision's files: checked against their published MD5 sums
+    labels: str = "fine"  # CIFAR-100's fine or coarse labels
+    cache_dir: Path | None = None  # an image folder's decoded cache (None: beside the data)
+    resize: bool = False  # an image folder's pictures that are not 32x32 are resized
 
     @property
     def is_cifar10(self) -> bool:
         return self.kind == "cifar10"
 
     def describe(self) -> str:
-        labels = f" ({self.options['labels']} labels)" if self.kind == "cifar100" else ""
+        labels = f" ({self.labels} labels)" if self.kind == "cifar100" else ""
         return f"{NAMES[self.kind]}{labels}, {len(self.class_names)} classes, from {self.data_dir}"
 
     def load(self, split: str) -> Split:
         if self.source == "folder":
-            return load_image_folder_split(self.data_dir, split, self.options.get("cache_dir"),
-                                           self.options.get("resize", False), self.class_names)
-        return load_torchvision_split(self.data_dir, split, self.options.get("verify_checksums", True), self.source,
-                                      self.options.get("labels", "fine"), len(self.class_names))
+            return load_image_folder_split(self.data_dir, split, self.cache_dir, self.resize, self.class_names)
+        return load_torchvision_split(self.data_dir, split, self.verify_checksums, self.source, self.labels,
+                                      len(self.class_names))
 
 
 def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine", cache_dir: Path | None = None,
@@ -222,18 +236,17 @@ def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "
     if source is None:
         raise DataError(missing_data_message(data_dir, dataset, downloadable))
     if source == "cifar10":
-        return DataSet("cifar10", data_dir, CIFAR10_CLASSES, source, {"verify_checksums": verify_checksums})
+        return DataSet("cifar10", data_dir, CIFAR10_CLASSES, source, verify_checksums)
     if source == "cifar100":
         classes = cifar100_classes(data_dir, cifar100_labels, verify_checksums)
-        return DataSet("cifar100", data_dir, classes, source,
-                       {"verify_checksums": verify_checksums, "labels": cifar100_labels})
+        return DataSet("cifar100", data_dir, classes, source, verify_checksums, cifar100_labels)
     classes = image_folder_classes(data_dir)
     if dataset == "cifar10" and classes != CIFAR10_CLASSES:
         raise DataError(f"--dataset cifar10 needs one class folder per CIFAR-10 class ({', '.join(CIFAR10_CLASSES)}), "
                         f"and {data_dir / 'train'} has: {', '.join(classes)}. For a folder of other classes use "
                         "--dataset folder (or leave --dataset at auto).")
     kind = "cifar10" if classes == CIFAR10_CLASSES else "folder"  # the JPEG copy of CIFAR-10 is CIFAR-10
-    return DataSet(kind, data_dir, classes, source, {"cache_dir": cache_dir, "resize": resize})
+    return DataSet(kind, data_dir, classes, source, cache_dir=cache_dir, resize=resize)
 
 
 def load_split(data_dir: Path, split: str, cache_dir: Path | None = None, verify_checksums: bool = True,

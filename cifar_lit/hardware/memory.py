@@ -12,7 +12,6 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -92,7 +91,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 @contextmanager
-def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, config: dict[str, Any]) -> Iterator[None]:
+def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, batch_size: int, eval_batch_size: int,
+                           data_on_device: bool) -> Iterator[None]:
     """Turn running out of device memory anywhere in the block into one DeviceOutOfMemory paragraph."""
     try:
         yield
@@ -100,16 +100,18 @@ def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, config
         if isinstance(error, UserError) or not is_out_of_memory(error):
             raise
         free, total = free_memory(device)
-        raise DeviceOutOfMemory(out_of_memory_message(device.describe(), free, total, needed, config)) from None
+        raise DeviceOutOfMemory(out_of_memory_message(device.describe(), free, total, needed, batch_size,
+                                                      eval_batch_size, data_on_device)) from None
 
 
 def out_of_memory_message(device: str, free_bytes: int | None, total_bytes: int | None,
-                          needed: MemoryEstimate | None, config: dict[str, Any]) -> str:
+                          needed: MemoryEstimate | None, batch_size: int, eval_batch_size: int,
+                          data_on_device: bool) -> str:
     free = "" if free_bytes is None else f"{free_bytes / GB:.1f} GB free"
     total = "" if total_bytes is None else f" of {total_bytes / GB:.1f} GB"
     state = f" ({free}{total} now)" if free else ""
-    lower = [f"--batch-size (now {config['batch_size']})", f"--eval-batch-size (now {config['eval_batch_size']})"]
-    if config.get("data_on_device") is not False:
+    lower = [f"--batch-size (now {batch_size})", f"--eval-batch-size (now {eval_batch_size})"]
+    if data_on_device:
         lower.append("or keep the data set in host memory with --no-data-on-device")
     return (
         f"{device} ran out of memory{state}. This run needs about {needed.describe() if needed else 'more'}. "

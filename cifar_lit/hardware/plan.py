@@ -30,6 +30,7 @@ from cifar_lit.hardware.devices import (
     probe_mps,
 )
 from cifar_lit.hardware.memory import GB, MemoryEstimate, estimate
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL
 from cifar_lit.reliability.errors import ConfigError
 
 PLANNED = ("precision", "compile", "channels_last", "fused_sgd", "data_on_device")
@@ -48,6 +49,29 @@ class HardwareError(ConfigError):
     """This machine cannot run the installed torch on its GPU, or cannot give what a flag asked for."""
 
 
+@dataclass(frozen=True)
+class HardwareRequest:
+    """What a run asks of the machine: the options the plan reads, by name and type. None leaves a choice to the
+    plan; `compile_is_a_flag` tells `--compile` on the command line (refused where it cannot work) from a preset's
+    `compile: true` (turned off with a log line)."""
+
+    gpus: int | None = None
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str | None = None
+    compile: bool = False
+    compile_is_a_flag: bool = False
+    channels_last: bool | None = None
+    fused_sgd: bool | None = None
+    data_on_device: bool | None = None
+    model: str = DEFAULT_MODEL
+    width: int = BASE_WIDTH
+    num_classes: int = 10
+    batch_size: int = 256
+    eval_batch_size: int = 1000
+    ema: bool = False
+
+
 @dataclass
 class HardwarePlan:
     """What a run gets (see the module docstring); `reasons` says why, per decision."""
@@ -63,9 +87,9 @@ class HardwarePlan:
     memory: MemoryEstimate | None = None
     reasons: dict[str, str] = field(default_factory=dict)
 
-    def apply(self, config: dict[str, Any]) -> dict[str, Any]:
-        """`config` with the planned values in place of the ones it left to the plan."""
-        return {**config, **{name: getattr(self, name) for name in PLANNED}}
+    def decided(self) -> dict[str, Any]:
+        """The planned values by option name, to put in place of the ones a run left to the plan."""
+        return {name: getattr(self, name) for name in PLANNED}
 
     def memory_warning(self, batch_size: int) -> str | None:
         """One `warning:` line when the run's estimate exceeds what the device has free, naming what to lower; None
@@ -106,10 +130,10 @@ class HardwarePlan:
 # ------------------------------------------------------------------------------------------------ accelerator
 
 
-def choose_accelerator(config: dict[str, Any]) -> tuple[str, int | str]:
+def choose_accelerator(request: HardwareRequest) -> tuple[str, int | str]:
     """(Lightning accelerator, devices) from --gpus or --accelerator/--devices; `auto` picks CUDA/ROCm, then MPS
     (as Lightning's own `auto` does), then the CPU. Refuses what this machine cannot give."""
-    accelerator, devices, gpus = config["accelerator"], config["devices"], config["gpus"]
+    accelerator, devices, gpus = request.accelerator, request.devices, request.gpus
     if gpus is not None:
         check_gpus_alone(gpus, accelerator, devices)
         if gpus == 0:
@@ -290,23 +314,10 @@ def choose_fused_sgd(device: Device, precision: str) -> tuple[bool, str]:
     return False, "foreach SGD"
 
 
-def explicit_options(argv: list[str]) -> set[str]:
-    """Config keys given as flags on the command line (`--no-compile` -> compile)."""
-    names = set()
-    for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            names.add(name[3:] if name.startswith("no_") else name)
-    return names
-
-
-def plan_hardware(config: dict[str, Any], command_line: set[str] | None = None, data_bytes: int = 0,
-                  with_memory: bool = True) -> HardwarePlan:
-    """The plan for `config` on this machine. `command_line`: the keys given as flags (`explicit_options`);
-    `data_bytes`: what the data set takes on the device; `with_memory`: read the GPU's free memory (creates a CUDA
-    context on the rank's own device)."""
-    command_line = command_line or set()
-    accelerator, devices = choose_accelerator(config)
+def plan_hardware(request: HardwareRequest, data_bytes: int = 0, with_memory: bool = True) -> HardwarePlan:
+    """The plan for `request` on this machine. `data_bytes`: what the data set takes on the device; `with_memory`:
+    read the GPU's free memory (creates a CUDA context on the rank's own device)."""
+    accelerator, devices = choose_accelerator(request)
     if accelerator == "cuda":
         device = probe_gpu(local_rank(), with_memory)
         check_wheel(device)
@@ -316,35 +327,33 @@ def plan_hardware(config: dict[str, Any], command_line: set[str] | None = None, 
         device = probe_cpu()
     reasons: dict[str, str] = {}
 
-    def chosen(name: str, planned: tuple[Any, str]) -> Any:
-        if config.get(name) is not None:
+    def chosen(name: str, asked: Any, planned: tuple[Any, str]) -> Any:
+        if asked is not None:
             reasons[name] = "as the config or a flag sets it"
-            return config[name]
+            return asked
         value, reasons[name] = planned
         return value
 
-    precision = chosen("precision", choose_precision(device))
+    precision = chosen("precision", request.precision, choose_precision(device))
     if precision.startswith("bf16") and device.kind == "cuda" and device.capability and device.capability < (8, 0):
         reasons["precision"] += "; bf16 is emulated in fp32 on this GPU, 16-mixed is faster"
     can_compile, why = compile_support(device)
-    asked = bool(config.get("compile"))
-    if asked and not can_compile:
-        if "compile" in command_line:
-            raise HardwareError(f"--compile cannot work on {device.name}: {why}. Drop --compile (the run is then "
-                                "eager).")
-        compile_, reasons["compile"] = False, f"the config asks for it, but {why}: eager instead"
-    elif asked:
-        compile_, reasons["compile"] = True, why
-    else:
-        compile_, reasons["compile"] = False, "not asked for (--compile or a compiling preset turns it on)"
-    channels_last = chosen("channels_last", choose_channels_last(device))
-    fused_sgd = chosen("fused_sgd", choose_fused_sgd(device, precision))
-    memory = estimate(config["model"], config["width"], config.get("num_classes") or 10, config["batch_size"],
-                      config["eval_batch_size"], precision, bool(config.get("ema_decay")), data_bytes)
-    data_on_device = chosen("data_on_device", place_data(device, memory))
+    if request.compile and not can_compile and request.compile_is_a_flag:
+        raise HardwareError(f"--compile cannot work on {device.name}: {why}. Drop --compile (the run is then eager).")
+    compile_ = request.compile and can_compile
+    reasons.update(compile=why if compile_ else f"the config asks for it, but {why}: eager instead" if request.compile
+                   else "not asked for (--compile or a compiling preset turns it on)")
+    channels_last = chosen("channels_last", request.channels_last, choose_channels_last(device))
+    fused_sgd = chosen("fused_sgd", request.fused_sgd, choose_fused_sgd(device, precision))
+
+    def memory_for(data: int) -> MemoryEstimate:
+        return estimate(request.model, request.width, request.num_classes, request.batch_size,
+                        request.eval_batch_size, precision, request.ema, data)
+
+    memory = memory_for(data_bytes)
+    data_on_device = chosen("data_on_device", request.data_on_device, place_data(device, memory))
     if not data_on_device:
-        memory = estimate(config["model"], config["width"], config.get("num_classes") or 10, config["batch_size"],
-                          config["eval_batch_size"], precision, bool(config.get("ema_decay")), 0)
+        memory = memory_for(0)
     return HardwarePlan(accelerator, devices, device, precision, compile_, channels_last, fused_sgd, data_on_device,
                         memory, reasons)
 
@@ -365,7 +374,7 @@ def place_data(device: Device, memory: MemoryEstimate) -> tuple[bool, str]:
 def single_device(gpus: int | None) -> torch.device:
     """The device of a one-process job on a trained network (evaluate.py): chosen by the same rules as training,
     from `--gpus` (None: a GPU, or a Mac's MPS, when there is one)."""
-    accelerator, _ = choose_accelerator({"gpus": gpus, "accelerator": "auto", "devices": 1})
+    accelerator, _ = choose_accelerator(HardwareRequest(gpus=gpus))
     if accelerator == "cuda":
         device = probe_gpu(local_rank(), with_memory=False)
         check_wheel(device)

@@ -10,6 +10,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +68,12 @@ def launched_as_several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def choose_run_dir(config: dict[str, Any], resumed_run_dir: Path | None) -> tuple[Path | None, bool]:
+def choose_run_dir(fast_dev_run: bool, logdir: str | Path, resumed_run_dir: Path | None) -> tuple[Path | None, bool]:
     """(run folder, whether it was created now). None when nothing is written (fast-dev-run) or when the folder is
     only known once Lightning has set up the processes (torchrun, SLURM: rank zero chooses it then)."""
-    if config["fast_dev_run"]:
+    if fast_dev_run:
         return None, False
-    check_writable(Path(config["logdir"]))
+    check_writable(Path(logdir))
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV]), False
     if resumed_run_dir is not None:
@@ -81,7 +83,7 @@ def choose_run_dir(config: dict[str, Any], resumed_run_dir: Path | None) -> tupl
         return resumed_run_dir, False
     if launched_as_several_processes():
         return None, False
-    return next_version_dir(Path(config["logdir"])), True
+    return next_version_dir(Path(logdir)), True
 
 
 def remove_if_unused(run_dir: Path | None, created: bool) -> None:
@@ -199,3 +201,25 @@ def busy_message(path: Path, owner: dict[str, Any] | None) -> str:
     return (f"The run folder {path.parent} is in use by another trainer ({describe_owner(owner)}). Two trainers in "
             f"one run folder would overwrite each other's checkpoints and logs. {stop} If that process is known to "
             f"be gone{'' if here else ' (it ran on another host, which cannot be checked from here)'}, delete {path}.")
+
+
+@contextmanager
+def holding(run_dir: Path | None, created: bool) -> Iterator[None]:
+    """This process's hold on its run folder while it trains: the folder's lock, unless it is a DDP worker that
+    Lightning's launcher started (the launcher made the folder and holds it: RUN_DIR_ENV names it), and RUN_DIR_ENV
+    naming the folder for the workers Lightning starts. Both as they were afterwards."""
+    owner = RunFolderLock(run_dir) if run_dir is not None and (created or not os.environ.get(RUN_DIR_ENV)) else None
+    previous = os.environ.get(RUN_DIR_ENV)
+    try:
+        if owner is not None:
+            owner.acquire()
+        if run_dir is not None:
+            os.environ[RUN_DIR_ENV] = str(run_dir)
+        yield
+    finally:
+        if owner is not None:
+            owner.release()
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous

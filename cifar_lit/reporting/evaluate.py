@@ -141,10 +141,9 @@ def checked_folder(out: Path) -> Path:
 def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
     """The test images of `data_dir`, opened the way the model's run read its data; refused when its classes are
     not the model's."""
-    hparams = model.datamodule_hparams
-    dataset = open_dataset(data_dir, hparams.get("dataset", "auto"), hparams.get("cifar100_labels", "fine"),
-                           verify_checksums=hparams.get("verify_checksums", True), resize=hparams.get("resize", False),
-                           downloadable=False)
+    data = model.data_options
+    dataset = open_dataset(data_dir, data.dataset, data.cifar100_labels, verify_checksums=data.verify_checksums,
+                           resize=data.resize, downloadable=False)
     if dataset.class_names != model.class_names:
         raise DataError(
             f"The data in {data_dir} has the classes {', '.join(dataset.class_names)}, and the checkpoint was trained "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch.nn import functional as F
 
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.pixels import read_picture
 from cifar_lit.reliability.checkpoints import check_compatible, datamodule_state, load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
@@ -31,6 +33,14 @@ class TrainedModel:
     datamodule_hparams: dict[str, Any]
     class_names: tuple[str, ...] = CIFAR10_CLASSES
     dataset: str | None = None
+
+    @property
+    def data_options(self) -> SimpleNamespace:
+        """How the run read its data, by name: the DataModule's arguments it saved, its defaults for any a checkpoint
+        from an older run lacks."""
+        parameters = inspect.signature(ImageDataModule.__init__).parameters
+        defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+        return SimpleNamespace(**{**defaults, **self.datamodule_hparams})
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:

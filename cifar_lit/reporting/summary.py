@@ -132,13 +132,14 @@ class RunSummary(RunFolderCallback):
 
 
 def closing_line(summary: dict[str, Any]) -> str:
-    """The one line train.py prints when a run is done."""
-    if summary["target_acc"] is None:
-        target = f"no target: trained the whole schedule ({summary['epochs_run']} epoch(s))"
+    """The one line train.py prints when a run is done, from the summary it wrote."""
+    target, epochs = summary.get("target_acc"), summary["epochs_run"]
+    if target is None:
+        outcome = f"no target: trained the whole schedule ({epochs} epoch(s))"
     elif summary["target_reached"]:
-        target = (f"target {summary['target_acc']:.0%} reached at epoch {summary['target_epoch']} after "
-                  f"{summary['target_seconds']:.1f} s of training")
+        outcome = (f"target {target:.0%} reached at epoch {summary['target_epoch']} after "
+                   f"{summary['target_seconds']:.1f} s of training")
     else:
-        target = f"target {summary['target_acc']:.0%} not reached in {summary['epochs_run']} epoch(s)"
+        outcome = f"target {target:.0%} not reached in {epochs} epoch(s)"
     test = f"{summary['test_acc']:.2%}" if summary["test_acc"] is not None else "n/a"
-    return f"Done: test accuracy {test} (best checkpoint); {target}. Run folder: {summary['run_dir']}"
+    return f"Done: test accuracy {test} (best checkpoint); {outcome}. Run folder: {summary['run_dir']}"

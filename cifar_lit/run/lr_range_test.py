@@ -35,11 +35,14 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.tuner import Tuner
 
+from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.plan import HardwarePlan
+from cifar_lit.reliability.errors import UserError
 from cifar_lit.reliability.files import write_text_atomic
+from cifar_lit.reliability.run_folder import next_version_dir
 from cifar_lit.reporting.plots import lr_find_figure, save_figure
 from cifar_lit.reporting.provenance import device_description, versions
-from cifar_lit.run.config import class_kwargs
+from cifar_lit.run.config import Options
 from cifar_lit.run.trainer import precision_settings
 from cifar_lit.training.module import CIFARClassifier
 
@@ -175,14 +178,14 @@ def judge(lrs: np.ndarray, raw: np.ndarray, guess: float, steps_asked: int) -> d
             "lowest_loss": lowest_loss, "lowest_loss_lr": float(lrs[lowest]) if lowest is not None else None}
 
 
-def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: pl.LightningDataModule,
-                   num_classes: int, out: Path) -> RangeTest:
+def run_range_test(options: Options, hardware: HardwarePlan, datamodule: ImageDataModule, out: Path) -> RangeTest:
     """Sweep on a fresh network (eager, one device), write lr_find.png and lr_find.json into `out`."""
     # The sweep sets the LR itself (1.0 is a placeholder for `--lr auto`); it runs eager, on one device.
-    kwargs = {**class_kwargs(CIFARClassifier, config), "lr": 1.0, "compile": False, "compile_warmup": False}
-    model = SweepClassifier([1.0, config["norm_bias_lr_scale"]], num_classes=num_classes, **kwargs)
+    num_classes = len(datamodule.class_names)
+    kwargs = options.model_kwargs(lr=1.0, compile=False, compile_warmup=False, num_classes=num_classes)
+    model = SweepClassifier([1.0, options.model.norm_bias_lr_scale], **kwargs)
     precision, plugins = precision_settings(hardware)
-    steps = config["lr_find_steps"]
+    steps = options.run.lr_find_steps
     # As many epochs as the steps need: the sweep re-reads a small training set instead of stopping short.
     epochs = -(-steps // max(1, datamodule.train_batches_per_epoch()))
     with tempfile.TemporaryDirectory(prefix="cifar_lit_lr_find_") as scratch:
@@ -195,11 +198,11 @@ def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: p
                                         num_training=steps, early_stop_threshold=DIVERGED, update_attr=False)
     lrs = np.asarray(finder.results["lr"], dtype=float)
     raw = np.asarray(model.sweep_losses[: len(lrs)], dtype=float)
-    guess = guessing_loss(datamodule.splits["train"].labels, num_classes, config["label_smoothing"])
+    guess = guessing_loss(datamodule.splits["train"].labels, num_classes, options.model.label_smoothing)
     verdict = judge(lrs, raw, guess, steps)
     suggested = verdict["suggested"]
-    global_batch = config["batch_size"]  # one device in the sweep, and what --lr is scaled by per device count
-    reference = config["lr_reference_batch_size"]
+    global_batch = options.model.batch_size  # one device in the sweep, and what --lr is scaled by per device count
+    reference = options.model.lr_reference_batch_size
     flag_lr = None if suggested is None else suggested * (reference / global_batch if reference else 1.0)
     result = RangeTest(lrs.tolist(), verdict["losses"].tolist(), raw.tolist(), suggested, flag_lr,
                        finder.suggestion(), global_batch, reference, len(lrs), steps, guess, verdict["lowest_loss"],
@@ -211,4 +214,21 @@ def run_range_test(config: dict[str, Any], hardware: HardwarePlan, datamodule: p
     save_figure(figure, out / "lr_find.png")
     record = {key: value for key, value in result.as_record().items() if key != "folder"}  # it is where it lies
     write_text_atomic(out / "lr_find.json", json.dumps(record, indent=2) + "\n")
+    return result
+
+
+def suggest_lr(options: Options, hardware: HardwarePlan, datamodule: ImageDataModule) -> RangeTest:
+    """Run the LR range test into a new `<logdir>/lr_find_N/` and print its suggestion; a sweep that gives none
+    is a UserError saying why and what to do."""
+    out = next_version_dir(Path(options.run.logdir), f"{FOLDER}_")
+    result = run_range_test(options, hardware, datamodule, out)
+    if result.stopped:
+        log.info("LR range test: %s.", result.stopped)
+    if result.suggested_flag_lr is None:
+        raise UserError(f"The LR range test ({result.steps} steps) gives no suggestion: {result.problem} (see "
+                        f"{out / 'lr_find.png'}). Give --lr a number (0.2, the default, is the 85% recipe's), or "
+                        "sweep longer with --lr-find-steps.")
+    print(f"Suggested --lr: {result.suggested_flag_lr:.3g} (the peak LR per {result.lr_reference_batch_size} "
+          f"images; {result.suggested_lr:.3g} at this run's batch of {result.global_batch}). Plot: "
+          f"{out / 'lr_find.png'}")
     return result

@@ -10,14 +10,13 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from cifar_lit.hardware.plan import explicit_options
 from cifar_lit.lightning_compat import epochs_completed
 from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL
 from cifar_lit.reliability.checkpoints import (
@@ -30,7 +29,7 @@ from cifar_lit.reliability.checkpoints import (
 )
 from cifar_lit.reliability.errors import CheckpointError, ConfigError, DataError
 from cifar_lit.reporting.summary import SUMMARY_NAME
-from cifar_lit.run.config import all_options, parse_config
+from cifar_lit.run.config import Options, all_options, parse_options
 from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget, resolve_target
 
 log = logging.getLogger("cifar_lit")
@@ -42,12 +41,12 @@ OPTIMIZER_STATE_KEYS = ("lr", "lr_reference_batch_size", "momentum", "nesterov",
 
 @dataclass
 class ResumePlan:
-    """A checkpoint to resume from, with the run folder it belongs to and the config to resume with."""
+    """A checkpoint to resume from, with the run folder it belongs to and the options to resume with."""
 
     checkpoint_path: Path
     checkpoint: dict[str, Any]
     run_dir: Path | None
-    config: dict[str, Any]
+    options: Options
     nothing_to_do: str | None  # the message when the run's training is already complete
 
     @property
@@ -75,27 +74,28 @@ def restore_callback_states(callbacks: list[Callback], checkpoint: dict[str, Any
             callback.load_state_dict(states[callback.state_key])
 
 
-def ignored_on_resume(checkpoint: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def ignored_on_resume(checkpoint: dict[str, Any], options: Options) -> list[str]:
     """Options whose new values resuming cannot apply: they live in the restored optimizer and scheduler state."""
-    saved = checkpoint.get("hyper_parameters") or {}
-    return [key for key in OPTIMIZER_STATE_KEYS if key in saved and saved[key] != config[key]]
+    saved, now = checkpoint.get("hyper_parameters") or {}, asdict(options.model)
+    return [key for key in OPTIMIZER_STATE_KEYS if key in saved and saved[key] != now[key]]
 
 
-def nothing_left_to_do(checkpoint: dict[str, Any], config: dict[str, Any], path: Path) -> str | None:
+def nothing_left_to_do(checkpoint: dict[str, Any], target_acc: float | None, max_epochs: int,
+                       path: Path) -> str | None:
     """A message when resuming `checkpoint` would not train at all (target already reached, or no epochs left)."""
     stop = callback_state(checkpoint, StopAtTarget.__name__) or {}
     reached = stop.get("reached_value")
-    target = resolve_target(config["target_acc"], datamodule_state(checkpoint).get("dataset", "cifar10")).value
+    target = resolve_target(target_acc, datamodule_state(checkpoint).get("dataset", "cifar10")).value
     if reached is not None and target is not None and reached >= target - REACHED_TOLERANCE:
         return (
             f"Nothing to do: the run of {path} already reached val/acc {reached:.4f} >= {target} at "
             f"epoch {stop.get('reached_epoch')}. Raise --target-acc (and --max-epochs if needed) to train further."
         )
     done = epochs_completed(checkpoint)
-    if done >= config["max_epochs"]:
+    if done >= max_epochs:
         return (
-            f"Nothing to do: the run of {path} already trained {done} epoch(s), --max-epochs is "
-            f"{config['max_epochs']}. Raise --max-epochs to train further."
+            f"Nothing to do: the run of {path} already trained {done} epoch(s), --max-epochs is {max_epochs}. "
+            "Raise --max-epochs to train further."
         )
     return None
 
@@ -118,8 +118,8 @@ def saved_configuration(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {**(checkpoint.get("datamodule_hyper_parameters") or {}), **(checkpoint.get("hyper_parameters") or {})}
 
 
-def config_from_checkpoint(checkpoint: dict[str, Any], path: Path, argv: Sequence[str]) -> dict[str, Any]:
-    """The config of a checkpoint that lies outside its run folder (no config.yaml beside it): the one it was
+def options_from_checkpoint(checkpoint: dict[str, Any], path: Path, argv: Sequence[str]) -> Options:
+    """The options of a checkpoint that lies outside its run folder (no config.yaml beside it): the ones it was
     trained with, under this command line's flags; it then trains on in a new run folder."""
     known = {name for name, *_ in all_options()}
     saved = {key: value for key, value in saved_configuration(checkpoint).items()
@@ -127,22 +127,22 @@ def config_from_checkpoint(checkpoint: dict[str, Any], path: Path, argv: Sequenc
     with tempfile.TemporaryDirectory(prefix="cifar_lit_resume_") as folder:
         carried = Path(folder) / "config.yaml"
         carried.write_text(yaml.safe_dump(saved, sort_keys=False))
-        config = parse_config(["--config", str(carried), *argv])
-    config["config"] = []
+        options = parse_options(["--config", str(carried), *argv])
+    options.config = []
     log.info("%s has no config.yaml beside it: resuming with the configuration the checkpoint carries, in a new "
-             "run folder under %s.", path, config["logdir"])
-    return config
+             "run folder under %s.", path, options.run.logdir)
+    return options
 
 
-def check_matches_checkpoint(checkpoint: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+def check_matches_checkpoint(checkpoint: dict[str, Any], options: Options, path: Path) -> None:
     """Refuse a resume whose options contradict the checkpoint's training state, before anything is written."""
-    saved = saved_configuration(checkpoint)
+    saved, now = saved_configuration(checkpoint), options.as_dict()
     hparams = checkpoint.get("hyper_parameters") or {}
     for key, why in MUST_MATCH.items():
         trained = hparams.get(key, saved.get(key, TRAINED_BEFORE_THE_OPTION.get(key)))
-        if trained is not None and config.get(key) != trained:
+        if trained is not None and now[key] != trained:
             raise ConfigError(
-                f"--{key.replace('_', '-')} {config.get(key)} does not match {path}, trained with {key}={trained} "
+                f"--{key.replace('_', '-')} {now[key]} does not match {path}, trained with {key}={trained} "
                 f"({why} depends on it). Leave --{key.replace('_', '-')} out to resume as it was trained, or start a "
                 "new run without --resume."
             )
@@ -168,11 +168,11 @@ def check_resumed_data(checkpoint: dict[str, Any], classes: tuple[str, ...], siz
             )
 
 
-def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
-    """The resume plan for `config["resume"]` ('last' or a path): the checkpoint is loaded safely and checked to be
-    this project's network, and the run's own config.yaml is read back under the command-line flags."""
-    logdir = Path(config["logdir"])
-    path = find_last_checkpoint(logdir) if config["resume"] == "last" else Path(config["resume"])
+def plan_resume(options: Options, argv: Sequence[str]) -> ResumePlan:
+    """The resume plan for `--resume` ('last' or a path): the checkpoint is loaded safely and checked to be this
+    project's network, and the run's own config.yaml is read back under the command-line flags."""
+    logdir, resume = Path(options.run.logdir), options.run.resume
+    path = find_last_checkpoint(logdir) if resume == "last" else Path(resume)
     checkpoint = load_checkpoint(path)
     check_compatible(checkpoint, path)
     if "optimizer_states" not in checkpoint:
@@ -184,13 +184,14 @@ def plan_resume(config: dict[str, Any], argv: Sequence[str]) -> ResumePlan:
     run_dir = run_dir_of(path)
     saved_config = run_dir / "config.yaml" if run_dir else None
     if saved_config is not None and saved_config.is_file():
-        config = parse_config(["--config", str(saved_config), *argv])
+        options = parse_options(["--config", str(saved_config), *argv])
     else:
-        config = config_from_checkpoint(checkpoint, path, argv)
-    check_matches_checkpoint(checkpoint, config, path)
-    if "download" not in explicit_options(list(argv)):
-        config["download"] = False  # a resume finds its data, or says so; it never fetches a data set unasked
-    for name in ignored_on_resume(checkpoint, config):
+        options = options_from_checkpoint(checkpoint, path, argv)
+    check_matches_checkpoint(checkpoint, options, path)
+    if "download" not in options.given:
+        options = options.replace(download=False)  # a resume finds its data, or says so; it never fetches unasked
+    for name in ignored_on_resume(checkpoint, options):
         log.warning("--%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.",
                     name.replace("_", "-"), name, checkpoint["hyper_parameters"][name])
-    return ResumePlan(path, checkpoint, run_dir, config, nothing_left_to_do(checkpoint, config, path))
+    nothing = nothing_left_to_do(checkpoint, options.run.target_acc, options.run.max_epochs, path)
+    return ResumePlan(path, checkpoint, run_dir, options, nothing)

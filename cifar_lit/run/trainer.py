@@ -28,7 +28,7 @@ from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.model_summary import ModelSummaryFile
 from cifar_lit.reporting.previews import AugmentationPreview
 from cifar_lit.reporting.summary import RunSummary
-from cifar_lit.run.config import ConfigRecord
+from cifar_lit.run.config import ConfigRecord, Options, RunOptions
 from cifar_lit.run.log_cadence import LogEveryEpoch
 from cifar_lit.run.progress import LossProgressBar, TrainingForecast
 from cifar_lit.run.stop_at_target import StopAtTarget, Target
@@ -72,7 +72,7 @@ class RunCallbacks:
         return [*self.before, *(callback for callback in own if callback is not None), *self.after]
 
 
-def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: ImageDataModule,
+def build_callbacks(options: Options, run_dir: Path | None, datamodule: ImageDataModule,
                     command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
                     hardware: HardwarePlan, target: Target) -> RunCallbacks:
     """The run's callbacks by role.
@@ -80,43 +80,44 @@ def build_callbacks(config: dict[str, Any], run_dir: Path | None, datamodule: Im
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
     the folder-writing callbacks then find it in `setup`.
     """
+    run = options.run
     timer = Timer(duration=None, verbose=False)
-    guard = NonFiniteLossGuard(checkpoint_every_n_steps=config["ckpt_every_n_steps"])
+    guard = NonFiniteLossGuard(checkpoint_every_n_steps=run.ckpt_every_n_steps)
     callbacks = RunCallbacks(phases=PhaseTimer(clock), timer=timer, stop=StopAtTarget(target.value, timer),
                              guard=guard, cadence=LogEveryEpoch())
-    if config["progress_bar"]:
+    if run.progress_bar:
         # Every step where steps take seconds (a CPU, a Mac); every 10th on a CUDA GPU, where a step takes
         # milliseconds and redrawing the bar would cost more than the step.
         callbacks.progress = LossProgressBar(refresh_rate=10 if hardware.accelerator == "cuda" else 1)
-    if config["ema_decay"]:
-        callbacks.ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]))
-    if config["fast_dev_run"]:
+    if run.ema_decay:
+        callbacks.ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(run.ema_decay))
+    if run.fast_dev_run:
         return callbacks
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
-    callbacks.record = ConfigRecord(config, run_dir)
+    callbacks.record = ConfigRecord(options.as_dict(), run_dir)
     callbacks.lr = LearningRateMonitor(logging_interval="step")
     callbacks.history = EpochHistory(run_dir)
-    callbacks.grids = PredictionGrids(datamodule.class_names, config["grid_images"], config["grid_every_n_epochs"],
-                                      run_dir, config["gradcam_layer"])
-    callbacks.figures = ConfusionFigures(datamodule.class_names, config["grid_every_n_epochs"], run_dir)
+    callbacks.grids = PredictionGrids(datamodule.class_names, run.grid_images, run.grid_every_n_epochs, run_dir,
+                                      run.gradcam_layer)
+    callbacks.figures = ConfusionFigures(datamodule.class_names, run.grid_every_n_epochs, run_dir)
     callbacks.best = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-        monitor="val/acc", mode="max", save_top_k=1, save_weights_only=config["best_weights_only"],
+        monitor="val/acc", mode="max", save_top_k=1, save_weights_only=run.best_weights_only,
     )
     # last.ckpt after every N epochs. Not ModelCheckpoint(save_last=True): since Lightning 2.6 that refreshes
     # last.ckpt only in epochs that also saved a new best, so it would lag behind after a worse epoch.
     latest = dict(dirpath=checkpoint_dir, filename=LAST_NAME.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                   enable_version_counter=False)
-    if config["ckpt_every_n_epochs"]:
-        callbacks.last = PhasedCheckpoint(**latest, every_n_epochs=config["ckpt_every_n_epochs"])
+    if run.ckpt_every_n_epochs:
+        callbacks.last = PhasedCheckpoint(**latest, every_n_epochs=run.ckpt_every_n_epochs)
     else:
         callbacks.last = FinalCheckpoint(guard.check, run_dir)
-    if config["ckpt_every_n_steps"]:
-        callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=config["ckpt_every_n_steps"])
+    if run.ckpt_every_n_steps:
+        callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=run.ckpt_every_n_steps)
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.model_summary = ModelSummaryFile(run_dir)
     callbacks.preview = AugmentationPreview()
-    callbacks.summary = RunSummary(config, command, commit, clock, timer, callbacks.stop, callbacks.best,
+    callbacks.summary = RunSummary(options.as_dict(), command, commit, clock, timer, callbacks.stop, callbacks.best,
                                    callbacks.history, callbacks.warmup, callbacks.skipped, hardware,
                                    (target.value, target.source), datamodule.class_names, run_dir)
     return callbacks
@@ -136,12 +137,11 @@ def precision_settings(hardware: HardwarePlan) -> tuple[str | None, list[Any]]:
     return hardware.precision, []
 
 
-def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: RunCallbacks,
-                  run_dir: Path | None) -> pl.Trainer:
-    """`config` as the hardware plan resolved it (`HardwarePlan.apply`)."""
+def build_trainer(run: RunOptions, hardware: HardwarePlan, callbacks: RunCallbacks, run_dir: Path | None
+                  ) -> pl.Trainer:
     logger: Any = False
-    if not config["fast_dev_run"]:
-        save_dir = run_dir.parent if run_dir is not None else Path(config["logdir"])
+    if not run.fast_dev_run:
+        save_dir = run_dir.parent if run_dir is not None else Path(run.logdir)
         logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
                                    default_hp_metric=False)
     precision, plugins = precision_settings(hardware)
@@ -149,25 +149,25 @@ def build_trainer(config: dict[str, Any], hardware: HardwarePlan, callbacks: Run
     return pl.Trainer(
         accelerator=hardware.accelerator,
         devices=hardware.devices,
-        num_nodes=config["num_nodes"],
-        strategy=config["strategy"],
+        num_nodes=run.num_nodes,
+        strategy=run.strategy,
         precision=precision,
-        max_epochs=config["max_epochs"],
-        limit_train_batches=config["limit_train_batches"],
+        max_epochs=run.max_epochs,
+        limit_train_batches=run.limit_train_batches,
         logger=logger,
         callbacks=callbacks.as_list(),
-        deterministic=config["deterministic"],
-        benchmark=cudnn_autotune(config["deterministic"]),
-        log_every_n_steps=config["log_every_n_steps"],
-        enable_progress_bar=config["progress_bar"],
-        enable_checkpointing=not config["fast_dev_run"],
-        sync_batchnorm=config["sync_batchnorm"],
+        deterministic=run.deterministic,
+        benchmark=cudnn_autotune(run.deterministic),
+        log_every_n_steps=run.log_every_n_steps,
+        enable_progress_bar=run.progress_bar,
+        enable_checkpointing=not run.fast_dev_run,
+        sync_batchnorm=run.sync_batchnorm,
         use_distributed_sampler=False,  # the DataModule shards every split itself, without padding
         # Validation inside fit runs under no_grad; the test must too, or compiled code would be compiled again
         # for inference tensors.
         inference_mode=False,
-        num_sanity_val_steps=config["sanity_val_steps"],
-        fast_dev_run=config["fast_dev_run"],
+        num_sanity_val_steps=run.sanity_val_steps,
+        fast_dev_run=run.fast_dev_run,
         plugins=plugins,
-        default_root_dir=config["logdir"],
+        default_root_dir=run.logdir,
     )

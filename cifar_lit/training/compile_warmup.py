@@ -54,11 +54,34 @@ def run_every_shape(model: nn.Module, train_step: Callable[[int], torch.Tensor],
     return time.perf_counter() - start
 
 
+def warm_up(module: Any, datamodule: Any, context: Callable[[], Any]) -> float:
+    """Compile every batch shape of a run as its loop will run it: each training batch size through the
+    DataModule's augmentation and the module's `train_forward` (with its backward), each evaluation batch size
+    through `eval_transform` and `eval_forward`. As in Lightning's loop, the batch transforms run outside the
+    precision `context` (Lightning calls `on_after_batch_transfer` before entering it) and the steps inside it:
+    compiled code is guarded on autocast, so a transform warmed up inside it would be compiled again at the first
+    real batch. Returns the seconds spent (`run_every_shape`)."""
+    device = next(module.parameters()).device
+
+    def train_step(size: int) -> torch.Tensor:
+        images, labels = datamodule.example_batch(size, train=True, device=device)
+        inputs = datamodule.train_transform(images, 0, 0)
+        with context():
+            return module.train_forward(inputs, labels)[0]
+
+    def eval_step(size: int) -> None:
+        images, labels = datamodule.example_batch(size, train=False, device=device)
+        inputs = datamodule.eval_transform(images)
+        with context():
+            module.eval_forward(inputs, labels)
+
+    return run_every_shape(module.model, train_step, eval_step, [datamodule.hparams.batch_size],
+                           datamodule.eval_batch_sizes())
+
+
 class CompileWarmup(Callback):
     """With `compile` and `compile_warmup` set on the LightningModule, compiles every batch shape of the fit when it
-    starts: each training batch size through the DataModule's augmentation and the module's `train_forward` (with
-    its backward), each evaluation batch size through `eval_transform` and `eval_forward`, in the Trainer's
-    precision. Training and its clock then start with compiled code.
+    starts (`warm_up`, in the Trainer's precision). Training and its clock then start with compiled code.
 
     `seconds` is the warm-up's duration and `cache` what it found in torch.compile's disk cache
     (`compile_cache.cache_report`), both for the run's summary.
@@ -69,30 +92,11 @@ class CompileWarmup(Callback):
         self.cache: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        hparams = pl_module.hparams
-        if not (hparams.get("compile") and hparams.get("compile_warmup")):
+        if not (pl_module.hparams.compile and pl_module.hparams.compile_warmup):
             return
-        datamodule, context = trainer.datamodule, trainer.precision_plugin.forward_context
-
-        # As in Lightning's loop: the batch transforms run outside the precision context (Lightning calls
-        # `on_after_batch_transfer` before entering it), the steps inside. Compiled code is guarded on autocast, so
-        # a transform warmed up inside it would be compiled again at the first real batch.
-        def train_step(size: int) -> torch.Tensor:
-            images, labels = datamodule.example_batch(size, train=True, device=pl_module.device)
-            inputs = datamodule.train_transform(images, 0, 0)
-            with context():
-                return pl_module.train_forward(inputs, labels)[0]
-
-        def eval_step(size: int) -> None:
-            images, labels = datamodule.example_batch(size, train=False, device=pl_module.device)
-            inputs = datamodule.eval_transform(images)
-            with context():
-                pl_module.eval_forward(inputs, labels)
-
         before = cache_counts()
         with phase("warmup"):
-            self.seconds = run_every_shape(pl_module.model, train_step, eval_step, [datamodule.hparams.batch_size],
-                                           datamodule.eval_batch_sizes())
+            self.seconds = warm_up(pl_module, trainer.datamodule, trainer.precision_plugin.forward_context)
         self.cache = cache_report(before, cache_counts())
         log.info("Compile warm-up took %.1f s (%s start: %d graphs from the cache in %s, %d compiled).",
                  self.seconds, self.cache["state"], self.cache["hits"], self.cache["folder"], self.cache["misses"])

@@ -205,27 +205,21 @@ class CIFARClassifier(pl.LightningModule):
         is restored (`lightning_compat.training_steps`)."""
         return training_steps(self.trainer, self.trainer.datamodule.train_batches_per_epoch())
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def build_optimizer(self, total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+        """The recipe's SGD and its per-step schedule over `total_steps`: what Lightning steps, and what the bare loop
+        (cifar_lit.bench.bare_loop) steps itself."""
         hp = self.hparams
-        optimizer = build_sgd(
-            self.model,
-            lr=self.peak_lr(),
-            momentum=hp.momentum,
-            nesterov=hp.nesterov,
-            weight_decay=hp.weight_decay,
-            norm_bias_weight_decay=hp.norm_bias_weight_decay,
-            norm_bias_lr_scale=hp.norm_bias_lr_scale,
-            fused=hp.get("fused_sgd"),
-        )
+        optimizer = build_sgd(self.model, lr=self.peak_lr(), momentum=hp.momentum, nesterov=hp.nesterov,
+                              weight_decay=hp.weight_decay, norm_bias_weight_decay=hp.norm_bias_weight_decay,
+                              norm_bias_lr_scale=hp.norm_bias_lr_scale, fused=hp.fused_sgd)
+        scheduler = build_scheduler(optimizer, hp.schedule, total_steps=total_steps,
+                                    warmup_fraction=hp.warmup_fraction, start_factor=hp.lr_start_factor,
+                                    end_factor=hp.lr_end_factor)
+        return optimizer, scheduler
+
+    def configure_optimizers(self) -> dict[str, Any]:
         total_steps = self.total_training_steps()
-        scheduler = build_scheduler(
-            optimizer,
-            hp.schedule,
-            total_steps=total_steps,
-            warmup_fraction=hp.warmup_fraction,
-            start_factor=hp.lr_start_factor,
-            end_factor=hp.lr_end_factor,
-        )
+        optimizer, scheduler = self.build_optimizer(total_steps)
         self.schedule_total_steps = total_steps
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
