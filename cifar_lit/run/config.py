@@ -254,43 +254,36 @@ def build_parser(lenient: bool = False) -> ArgumentParser:
     return parser
 
 
-def config_file_arguments(argv: Sequence[str]) -> list[str]:
-    """The `--config FILE` (and `--config=FILE`) arguments of `argv`, in their order."""
-    files, arguments, index = [], list(argv), 0
+def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(every `--config FILE`, in its order, written `--config=FILE`; every other argument)."""
+    files, rest, arguments, index = [], [], list(argv), 0
     while index < len(arguments):
-        if arguments[index] == "--config" and index + 1 < len(arguments):
-            files += arguments[index : index + 2]
+        argument = arguments[index]
+        if argument == "--config" and index + 1 < len(arguments):
+            files.append(f"--config={arguments[index + 1]}")
             index += 2
             continue
-        if arguments[index].startswith("--config="):
-            files.append(arguments[index])
+        (files if argument.startswith("--config=") else rest).append(argument)
         index += 1
-    return files
+    return files, rest
+
+
+def config_paths(argv: Sequence[str]) -> list[str]:
+    """The config files `argv` names, in their order."""
+    return [argument.split("=", 1)[1] for argument in split_config_files(argv)[0]]
 
 
 def config_files_first(argv: Sequence[str]) -> list[str]:
     """`argv` with every `--config FILE` moved to the front, in their order: flags then override config files
     wherever they stand on the command line (jsonargparse applies arguments left to right)."""
-    files = config_file_arguments(argv)
-    rest, arguments, index = [], list(argv), 0
-    while index < len(arguments):
-        if arguments[index] == "--config" and index + 1 < len(arguments):
-            index += 2
-            continue
-        if not arguments[index].startswith("--config="):
-            rest.append(arguments[index])
-        index += 1
+    files, rest = split_config_files(argv)
     return files + rest
 
 
 def check_config_files(argv: Sequence[str]) -> None:
     """Each --config file exists and is YAML, or a ConfigError naming it (jsonargparse would say '<unicode
     string>' and no path)."""
-    for index, argument in enumerate(argv):
-        path = argv[index + 1] if argument == "--config" and index + 1 < len(argv) else \
-            argument.split("=", 1)[1] if argument.startswith("--config=") else None
-        if path is None:
-            continue
+    for path in config_paths(argv):
         try:
             content = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
@@ -346,10 +339,7 @@ def given_values(argv: Sequence[str]) -> list[tuple[str, Any]] | None:
     """Every value `argv` gives, as written, before any type check: each config file's (jsonargparse checks a file
     when it reads it, even where a flag overrides the key), then what the flags leave. None when even reading them
     fails (an unknown flag or key: jsonargparse's own message says which)."""
-    files = config_file_arguments(argv)
-    paths = [argument.split("=", 1)[1] if "=" in argument else argument for argument in files
-             if argument != "--config"]
-    values = [item for path in paths for item in (yaml.safe_load(Path(path).read_text()) or {}).items()]
+    values = [item for path in config_paths(argv) for item in (yaml.safe_load(Path(path).read_text()) or {}).items()]
     try:
         return values + list(build_parser(lenient=True).parse_args(list(argv), defaults=False).as_dict().items())
     except Exception:
@@ -359,8 +349,7 @@ def given_values(argv: Sequence[str]) -> list[tuple[str, Any]] | None:
 def flags_given(argv: Sequence[str]) -> set[str]:
     """The config keys that command-line flags set, as jsonargparse reads them (a preset's `compile: true` is not a
     flag; `--compile` and `--no-compile` are)."""
-    flags = config_files_first(argv)[len(config_file_arguments(argv)):]
-    return set(build_parser().parse_args(flags, defaults=False).as_dict()) - {"config"}
+    return set(build_parser().parse_args(split_config_files(argv)[1], defaults=False).as_dict()) - {"config"}
 
 
 def parse_options(argv: Sequence[str]) -> Options:
