@@ -114,14 +114,19 @@ if [ ! -d "$FOLDER/train" ] || [ ! -d "$FOLDER/test" ]; then
   echo "error: no train/ and test/ folders in $DATA; give the image folder (cifar10-jpeg) or its .tar.gz" >&2
   exit 2
 fi
-say "decoding $FOLDER into its cache"
-"$PY" -c "import sys; from cifar_lit.data.datamodule import ImageDataModule as M; M(data_dir=sys.argv[1], download=False).prepare_data()" "$FOLDER" \
-  || { echo "error: the data in $FOLDER could not be read" >&2; exit 2; }
-
 if [ "$REHEARSE" != 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
-"$PY" -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'lightning', pl.__version__)"
+# The versions, then the data decoded into its cache: one interpreter, as each start costs seconds of imports.
+say "decoding $FOLDER into its cache"
+"$PY" - "$FOLDER" <<'EOF' || { echo "error: the data in $FOLDER could not be read" >&2; exit 2; }
+import sys
+import pytorch_lightning as pl
+import torch
+from cifar_lit.data.datamodule import ImageDataModule
+print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__version__, flush=True)
+ImageDataModule(data_dir=sys.argv[1], download=False).prepare_data()
+EOF
 BENCH=("$PY" -m cifar_lit.bench --data-dir "$FOLDER" --jsonl "$RESULTS" --runs-dir "$WORK/runs" --out "$WORK/records"
        --log "$OUT/train$CALL.log" --compile-cache "$WORK/compile-cache" --pil-epochs 0)
 

@@ -3,13 +3,17 @@ train.py started as a separate process."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from filelock import FileLock
 from torch._dynamo.utils import counters
 
 from cifar_lit.run import train as run
@@ -70,3 +74,20 @@ class GraphCount(pl.Callback):
 
     def on_test_end(self, trainer, pl_module):
         self.seen["after the test"] = counters["stats"]["unique_graphs"]
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name`, filled by `build` once in the whole test session. Under pytest -n every worker is a
+    process with its own module fixtures, so a costly one (a minute for the lease rehearsal) ran again in each
+    worker that drew one of its tests. Here the first worker builds it; the others wait and reuse it, read-only."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' folders sit side by side in one session folder
+    folder, built = root / f"once-{name}", root / f"once-{name}.built"
+    with FileLock(f"{folder}.lock"):
+        if not built.exists():  # a build that failed left no mark: the next test to ask tries again
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            built.touch()
+    return folder

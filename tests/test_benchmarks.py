@@ -14,7 +14,7 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import ROOT, TINY_FLAGS, GraphCount, with_extra_callback
+from helpers import ROOT, TINY_FLAGS, GraphCount, built_once, with_extra_callback
 from torch._dynamo.utils import counters
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -99,12 +99,13 @@ def test_framework_overhead_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def insight_out(image_folder_master, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("insight_out")
-    argv = [str(BENCHMARKS / "insight_run.py"), str(image_folder_master), str(out), "--", *SMALL_RUN,
-            "--lr-find-steps", "20", "--limit-train-batches", "5", "--no-download"]
-    with pytest.MonkeyPatch.context() as patch:
-        assert run_in_process(patch, *[Path(argv[0]).name, *argv[1:]]) == 0
-    return out
+    def run_insight(out: Path) -> None:
+        argv = [str(BENCHMARKS / "insight_run.py"), str(image_folder_master), str(out), "--", *SMALL_RUN,
+                "--lr-find-steps", "20", "--limit-train-batches", "5", "--no-download"]
+        with pytest.MonkeyPatch.context() as patch:
+            assert run_in_process(patch, *[Path(argv[0]).name, *argv[1:]]) == 0
+
+    return built_once(tmp_path_factory, "insight_out", run_insight)
 
 
 @pytest.mark.slow
@@ -164,15 +165,16 @@ def lines_of(results: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def lease_out(image_folder_master, tmp_path_factory) -> Path:
     """Both calls of benchmarks/gpu_lease.sh on the CPU (two seeds), from a .tar.gz as the GPU machine gets it."""
-    root = tmp_path_factory.mktemp("lease")
-    archive = root / "data.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(image_folder_master, arcname="cifar10-jpeg")
-    env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "2", "PYTHON": sys.executable,
-           "GPU_LEASE_WORK": str(root / "work")}
-    for call in ("1", "2"):
-        run_script("bash", str(BENCHMARKS / "gpu_lease.sh"), str(archive), str(root / "out"), call, env=env)
-    return root / "out"
+    def rehearse(root: Path) -> None:
+        archive = root / "data.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(image_folder_master, arcname="cifar10-jpeg")
+        env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "2", "PYTHON": sys.executable,
+               "GPU_LEASE_WORK": str(root / "work")}
+        for call in ("1", "2"):
+            run_script("bash", str(BENCHMARKS / "gpu_lease.sh"), str(archive), str(root / "out"), call, env=env)
+
+    return built_once(tmp_path_factory, "lease", rehearse) / "out"
 
 
 @pytest.mark.slow

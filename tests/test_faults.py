@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import TINY_FLAGS, start_training, wait_for, with_extra_callback
+from helpers import TINY_FLAGS, built_once, start_training, wait_for, with_extra_callback
 
 from cifar_lit.reliability import checkpoints
 from cifar_lit.reporting.evaluate import main as evaluate
@@ -81,10 +81,11 @@ def assert_same_run(expected_dir: Path, resumed_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(noisy_folder_master, tmp_path_factory) -> Path:
     """The uninterrupted run the interrupted ones must match, trained once for this file."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    folder = shutil.copytree(noisy_folder_master, root / "noisy")
-    assert main([*TINY_FLAGS, "--data-dir", str(folder), *EXACT, "--logdir", str(root / "whole")]) == 0
-    return only_run(root / "whole")
+    def train_whole(root: Path) -> None:
+        folder = shutil.copytree(noisy_folder_master, root / "noisy")
+        assert main([*TINY_FLAGS, "--data-dir", str(folder), *EXACT, "--logdir", str(root / "whole")]) == 0
+
+    return only_run(built_once(tmp_path_factory, "faults_uninterrupted", train_whole) / "whole")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, spli
 
 def test_a_few_sgd_steps_lower_the_loss():
     torch.manual_seed(0)
-    model = CIFARClassifier(lr=0.05, label_smoothing=0.0)
+    model = CIFARClassifier(lr=0.05, label_smoothing=0.0, width=8)  # narrow: the full network took 9 s here
     images, labels = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     optimizer = build_sgd(model.model, 0.05, 0.9, True, 5e-4)
     losses = []
@@ -54,7 +54,7 @@ def test_schedules_warm_up_peak_and_anneal(kind):
 
 
 def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder):
-    model = CIFARClassifier(lr=0.1, schedule="linear", warmup_fraction=0.0)
+    model = CIFARClassifier(lr=0.1, schedule="linear", warmup_fraction=0.0, width=8)
     datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=30)
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -68,7 +68,7 @@ def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder)
 @pytest.mark.parametrize("batch_size, limit", [(30, None), (32, None), (30, 4), (30, 0.5)])
 def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, limit):
     datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=batch_size)
-    model = CIFARClassifier()
+    model = CIFARClassifier(width=8)
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=limit, limit_val_batches=0, accelerator="cpu",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, max_steps=1)

@@ -18,7 +18,7 @@ from cifar_lit.app.demo import Bundle, build_demo, launch
 from cifar_lit.hardware.plan import single_device
 from cifar_lit.reliability.checkpoints import checkpoint_file
 from cifar_lit.reliability.errors import UserError
-from cifar_lit.reporting.evaluate import evaluation_split, run_config
+from cifar_lit.reporting.evaluate import evaluation_split, recorded_data_dir
 from cifar_lit.reporting.export_app import write_bundle
 from cifar_lit.reporting.inference import load_trained_model
 
@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare(args: argparse.Namespace, folder: Path) -> Bundle:
     device = single_device(args.gpus)
     model = load_trained_model(checkpoint_file(args.ckpt, resuming=False), device)
-    recorded = run_config(args.ckpt).get("data_dir")
-    data_dir = args.data_dir or (Path(str(recorded)).expanduser() if recorded else None)
+    data_dir = args.data_dir or recorded_data_dir(args.ckpt)
     test = evaluation_split(model, data_dir) if data_dir is not None and data_dir.exists() else None
     write_bundle(folder, args.ckpt, test, device, model)
     return Bundle.load(folder)

@@ -111,14 +111,20 @@ def run_config(checkpoint: Path) -> dict[str, Any]:
     return config
 
 
+def recorded_data_dir(checkpoint: Path) -> Path | None:
+    """The data folder the checkpoint's run recorded in its config.yaml; None when it recorded none."""
+    named = run_config(checkpoint).get("data_dir")
+    return None if named is None else Path(str(named)).expanduser()
+
+
 def data_dir_of_run(checkpoint: Path) -> Path:
-    """The data folder the checkpoint's run trained on (config.yaml's `data_dir`), or ./data."""
-    config = run_config(checkpoint)
-    named = config.get("data_dir", "data")
-    path = Path(str(named)).expanduser()
-    if "data_dir" in config and not path.is_absolute() and not path.exists():
-        raise DataError(f"The run's config.yaml names the data folder {named!r}, relative to the folder train.py ran "
-                        f"in, and there is no {path.absolute()}. Give the data folder with --data-dir.")
+    """The data folder the checkpoint's run trained on, or ./data when it recorded none."""
+    path = recorded_data_dir(checkpoint)
+    if path is None:
+        return Path("data")
+    if not path.is_absolute() and not path.exists():
+        raise DataError(f"The run's config.yaml names the data folder {str(path)!r}, relative to the folder train.py "
+                        f"ran in, and there is no {path.absolute()}. Give the data folder with --data-dir.")
     return path
 
 
