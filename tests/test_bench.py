@@ -13,8 +13,9 @@ RECORD_FIELDS = {"device", "preset", "target_acc", "reached", "train_seconds_to_
 @pytest.mark.slow
 def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_path):
     out = tmp_path / "results"
-    code = main(["--preset", "fast85", "--seeds", "2", "--data-dir", str(image_folder), "--out", str(out),
-                 "--pil-epochs", "1", "--pil-workers", "0", "--",
+    # One seed (the first is 3): the lease rehearsal in test_benchmarks.py runs two, and summarize() has its own tests.
+    code = main(["--preset", "fast85", "--seeds", "1", "--first-seed", "3", "--data-dir", str(image_folder), "--out",
+                 str(out), "--pil-epochs", "1", "--pil-workers", "0", "--",
                  "--gpus", "0", "--width", "8", "--max-epochs", "3", "--batch-size", "30", "--eval-batch-size", "50",
                  "--no-compile",
                  "--lr", "0.005", "--lr-reference-batch-size", "30", "--schedule", "constant", "--warmup-fraction", "0",
@@ -23,7 +24,7 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
     (record_path,) = out.glob("fast85-cpu-*.json")
     record = json.loads(record_path.read_text())
     assert RECORD_FIELDS <= set(record)
-    assert record["seeds"] == [0, 1] and len(record["runs"]) == 2
+    assert record["seeds"] == [3] and len(record["runs"]) == 1 and record["bare_pytorch"]["seed"] == 3
     assert record["reached"] is True and all(run["reached"] for run in record["runs"])
     assert 0 < record["train_seconds_to_target"] < record["wall_seconds"]
     assert 1 <= record["epochs_to_target"] <= 3 and record["test_acc"] >= 0.3 - REACHED_TOLERANCE
@@ -40,7 +41,7 @@ def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_p
         assert run["total_seconds"] <= run["wall_seconds"]
     assert "| train |" in record_path.with_suffix(".md").read_text()
     # no compile in this run: no run started cold or warm, and the record says so
-    assert [run["compile_cache"] for run in record["runs"]] == [None, None]
+    assert [run["compile_cache"] for run in record["runs"]] == [None]
     assert record["summary"]["cold_start"]["runs"] == record["summary"]["warm_start"]["runs"] == 0
 
 
