@@ -122,6 +122,12 @@ def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(t
     assert result.returncode == 2 and result.stderr.splitlines() == [
         "error: argument --port: 99999 is not a port: give a number from 1 to 65535 (e.g. 7860). Run `python -m "
         "cifar_lit.app --help` for the accepted flags."]
+    # before torch, Lightning and Gradio are even imported: the answer comes at once, not after seconds
+    probe = ("import sys; from cifar_lit.app.__main__ import main; "
+             f"code = main(['--ckpt', {str(never_read)!r}, '--port', '0']); "
+             "print(code, sorted(name for name in ('torch', 'gradio', 'pytorch_lightning') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "2 []", result.stdout + result.stderr
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

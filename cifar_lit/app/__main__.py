@@ -13,14 +13,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cifar_lit.app.demo import Bundle, build_demo, launch
-from cifar_lit.hardware.plan import single_device
-from cifar_lit.reliability.checkpoints import checkpoint_file
 from cifar_lit.reliability.errors import UserError
-from cifar_lit.reporting.evaluate import evaluation_split, recorded_data_dir
-from cifar_lit.reporting.export_app import write_bundle
-from cifar_lit.reporting.inference import load_trained_model
+
+if TYPE_CHECKING:
+    from cifar_lit.app.demo import Bundle
 
 DEFAULT_PORT = 7860
 HOST = "127.0.0.1"
@@ -62,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare(args: argparse.Namespace, folder: Path) -> Bundle:
+    from cifar_lit.app.demo import Bundle
+    from cifar_lit.hardware.plan import single_device
+    from cifar_lit.reliability.checkpoints import checkpoint_file
+    from cifar_lit.reporting.evaluate import evaluation_split, recorded_data_dir
+    from cifar_lit.reporting.export_app import write_bundle
+    from cifar_lit.reporting.inference import load_trained_model
+
     device = single_device(args.gpus)
     model = load_trained_model(checkpoint_file(args.ckpt, resuming=False), device)
     data_dir = args.data_dir or recorded_data_dir(args.ckpt)
@@ -83,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         check_port_free(args.port)
+        # Only now the imports that take seconds (torch, Lightning, Gradio): a wrong flag or a taken port is told
+        # at once.
+        from cifar_lit.app.demo import build_demo, launch
+        from cifar_lit.hardware.plan import single_device
+
         with tempfile.TemporaryDirectory(prefix="cifar_lit_app_") as folder:
             bundle = prepare(args, Path(folder))
             demo = build_demo(bundle, single_device(args.gpus))
