@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -57,13 +56,13 @@ def demo_server(checkpoint: str, data: str) -> Iterator[str]:
         server.wait()
 
 
-def visit(url: str, image: str, out: str, profile: Path | None = None) -> Visit:
+def visit(url: str, image: str, out: str) -> Visit:
     """Open the page, upload `image`, classify it and save a screenshot to `out`."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1400", *([f"--user-data-dir={profile}"] if profile else [])):
+                 "--window-size=1280,1400"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the requests the page makes
     browser = webdriver.Chrome(service=webdriver.ChromeService("/usr/bin/chromedriver"), options=options)
