@@ -223,10 +223,13 @@ def test_app_screenshot_runs_and_the_page_classifies_an_upload_and_asks_nothing_
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclass looks itself up there
     spec.loader.exec_module(script)
-    visits = []
-    real_visit = script.visit
-    monkeypatch.setattr(script, "visit", lambda *args, **kwargs: visits.append(real_visit(*args, **kwargs)) or
-                        visits[-1])
+    visits, real_visit = [], script.visit
+
+    def kept_visit(*args, **kwargs):  # the script prints little; the test reads the whole visit
+        visits.append(real_visit(*args, **kwargs))
+        return visits[-1]
+
+    monkeypatch.setattr(script, "visit", kept_visit)
     out = tmp_path / "app.png"
     code = script.main([str(trained["best"]), str(trained["data"]), str(trained["image"]), str(out)])
     printed = capsys.readouterr().out

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from cifar_lit.reliability.errors import UserError
 
 if TYPE_CHECKING:
+    import torch
+
     from cifar_lit.app.demo import Bundle
 
 DEFAULT_PORT = 7860
@@ -59,15 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(args: argparse.Namespace, folder: Path) -> Bundle:
+def prepare(args: argparse.Namespace, folder: Path, device: torch.device) -> Bundle:
     from cifar_lit.app.demo import Bundle
-    from cifar_lit.hardware.plan import single_device
     from cifar_lit.reliability.checkpoints import checkpoint_file
     from cifar_lit.reporting.evaluate import evaluation_split, recorded_data_dir
     from cifar_lit.reporting.export_app import write_bundle
     from cifar_lit.reporting.inference import load_trained_model
 
-    device = single_device(args.gpus)
     model = load_trained_model(checkpoint_file(args.ckpt, resuming=False), device)
     data_dir = args.data_dir or recorded_data_dir(args.ckpt)
     test = evaluation_split(model, data_dir) if data_dir is not None and data_dir.exists() else None
@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cifar_lit.app.demo import build_demo, launch
         from cifar_lit.hardware.plan import single_device
 
+        device = single_device(args.gpus)
         with tempfile.TemporaryDirectory(prefix="cifar_lit_app_") as folder:
-            bundle = prepare(args, Path(folder))
-            demo = build_demo(bundle, single_device(args.gpus))
+            demo = build_demo(prepare(args, Path(folder), device), device)
             launch(demo, server_name=HOST, server_port=args.port, share=args.share, allowed_paths=[folder])
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
