@@ -44,7 +44,7 @@ say() { echo "=== $* ($(( $(date +%s) - START )) s)"; }
 # Time limits per run, in seconds: the first fast85 seed compiles (cold), the others find its work on disk (warm).
 if [ "$REHEARSE" = 1 ]; then
   FLAGS=(--gpus 0 --width 8 --batch-size 30 --eval-batch-size 50 --max-epochs 2 --limit-train-batches 3
-         --no-compile --lr-reference-batch-size 30 --target-acc 0.2 --num-workers 0)
+         --no-compile --lr-reference-batch-size 30 --target-acc 0.2 --num-workers 0 --grid-images 0)
   COLD=240 WARM=240 BARE=240 DEFAULT=240 FP16=240 EVALUATE=240
 else
   FLAGS=(--gpus 1)
@@ -102,8 +102,8 @@ if [ -d "$DATA" ]; then
 elif [ -f "$DATA" ]; then
   if [ ! -f "$WORK/data/.unpacked" ]; then
     say "unpacking $DATA"
-    rm -rf "$WORK/data" && mkdir -p "$WORK/data" && tar xzf "$DATA" -C "$WORK/data" && touch "$WORK/data/.unpacked" \
-      || { echo "error: could not unpack $DATA into $WORK/data" >&2; exit 2; }
+    rm -rf "$WORK/data" "$WORK/decoded" && mkdir -p "$WORK/data" && tar xzf "$DATA" -C "$WORK/data" \
+      && touch "$WORK/data/.unpacked" || { echo "error: could not unpack $DATA into $WORK/data" >&2; exit 2; }
   fi
   FOLDER=$(dirname "$(find "$WORK/data" -maxdepth 3 -type d -name train | head -1)")
 else
@@ -118,8 +118,14 @@ if [ "$REHEARSE" != 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 # The versions, then the data decoded into its cache: one interpreter, as each start costs seconds of imports.
-say "decoding $FOLDER into its cache"
-"$PY" - "$FOLDER" <<'EOF' || { echo "error: the data in $FOLDER could not be read" >&2; exit 2; }
+# Once per scratch folder and data folder: call 2 on the machine that ran call 1 finds the cache and skips that
+# start (every run's record names the versions too).
+DECODED=$WORK/decoded
+if [ "$(cat "$DECODED" 2>/dev/null)" = "$FOLDER" ]; then
+  say "$FOLDER is decoded already"
+else
+  say "decoding $FOLDER into its cache"
+  "$PY" - "$FOLDER" <<'EOF' || { echo "error: the data in $FOLDER could not be read" >&2; exit 2; }
 import sys
 import pytorch_lightning as pl
 import torch
@@ -127,6 +133,8 @@ from cifar_lit.data.datamodule import ImageDataModule
 print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__version__, flush=True)
 ImageDataModule(data_dir=sys.argv[1], download=False).prepare_data()
 EOF
+  echo "$FOLDER" > "$DECODED"
+fi
 BENCH=("$PY" -m cifar_lit.bench --data-dir "$FOLDER" --jsonl "$RESULTS" --runs-dir "$WORK/runs" --out "$WORK/records"
        --log "$OUT/train$CALL.log" --compile-cache "$WORK/compile-cache" --pil-epochs 0)
 

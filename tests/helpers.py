@@ -21,17 +21,20 @@ from cifar_lit.run import train as run
 ROOT = Path(__file__).resolve().parent.parent
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
-# accuracy within a few epochs with these settings on the CPU, in seconds. The figures are drawn after the test
-# only: drawing them after every validation was most of such a run's time; the tests of the figures ask for them
-# with EVERY_EPOCH_FIGURES. Not narrower in float32: on this CPU (torch 2.14, oneDNN 3.12) the channels_last backward
-# of widths 2 and 4 hangs or corrupts memory in about a third of processes (width 8 and up: never, in 20 tries).
+# accuracy within a few epochs with these settings on the CPU, in seconds. Not narrower in float32: on this CPU
+# (torch 2.14, oneDNN 3.12) the channels_last backward of widths 2 and 4 hangs or corrupts memory in about a third of
+# processes (width 8 and up: never, in 20 tries).
+# Figures cost more than such a run's training. So the confusion and per-class figures are drawn after the test
+# only (EVERY_EPOCH_FIGURES for each epoch), and the image grids with their Grad-CAM maps not at all (GRIDS draws
+# them): the tests that look at them, or at what happens while they are drawn, ask for them.
 TINY_FLAGS = [
     "--gpus", "0", "--width", "8", "--no-download", "--batch-size", "30", "--eval-batch-size", "50", "--lr", "0.005",
     "--lr-reference-batch-size", "30",
     "--schedule", "constant", "--warmup-fraction", "0", "--no-progress-bar", "--sanity-val-steps", "0",
-    "--grid-images", "8", "--grid-every-n-epochs", "0", "--log-every-n-steps", "5",
+    "--grid-images", "0", "--grid-every-n-epochs", "0", "--log-every-n-steps", "5",
 ]
-EVERY_EPOCH_FIGURES = ["--grid-every-n-epochs", "1"]
+GRIDS = ["--grid-images", "8"]
+EVERY_EPOCH_FIGURES = [*GRIDS, "--grid-every-n-epochs", "1"]
 
 
 def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:

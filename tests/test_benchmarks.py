@@ -189,6 +189,8 @@ def test_gpu_lease_runs_its_dress_rehearsal_with_a_line_per_run(lease_out):
     assert lines[4]["command"].endswith("--precision 16-mixed") and lines[4]["skipped_steps"] is not None
     assert sorted(path.name for path in lease_out.iterdir()) == [
         "call1.log", "call2.log", "results.jsonl", "train1.log", "train2.log"], "few files: at most 8 come back"
+    assert "decoding" in (lease_out / "call1.log").read_text()
+    assert "is decoded already" in (lease_out / "call2.log").read_text(), "call 2 skips the decoding interpreter"
 
 
 @pytest.mark.slow

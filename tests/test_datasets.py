@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS
+from helpers import GRIDS, TINY_FLAGS
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 from synthetic import THREE_CLASSES, write_cifar100, write_own_folder
@@ -47,8 +47,8 @@ def run_folder(logdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def cifar100_run(cifar100_copy, tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("cifar100_logs")
-    assert train([*TINY_FLAGS, "--data-dir", str(cifar100_copy), "--dataset", "cifar100", "--no-verify-checksums",
-                  "--logdir", str(logdir), "--max-epochs", "2", "--lr", "0.05"]) == 0
+    assert train([*TINY_FLAGS, *GRIDS, "--data-dir", str(cifar100_copy), "--dataset", "cifar100",
+                  "--no-verify-checksums", "--logdir", str(logdir), "--max-epochs", "2", "--lr", "0.05"]) == 0
     return run_folder(logdir)
 
 

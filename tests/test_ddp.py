@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FLAGS, built_once
+from helpers import GRIDS, TINY_FLAGS, built_once
 from PIL import Image
 from synthetic import write_image_folder
 
@@ -33,7 +33,8 @@ def odd_folder(tmp_path_factory) -> Path:
 def ddp_flags(data: Path, logdir: Path) -> list[str]:
     flags = [f for f in TINY_FLAGS]
     flags[flags.index("--gpus"):flags.index("--gpus") + 2] = []
-    return [*flags, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--data-dir", str(data),
+    # with the grids: rank zero draws them while the other rank waits at the next collective
+    return [*flags, *GRIDS, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--data-dir", str(data),
             "--logdir", str(logdir), "--target-acc", "0.5", "--max-epochs", "8", "--eval-batch-size", "20"]
 
 

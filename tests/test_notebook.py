@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_FLAGS
+from helpers import GRIDS, ROOT, TINY_FLAGS
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -69,7 +69,7 @@ def test_the_notebook_runs_in_colabs_folder_and_again_after_a_runtime_restart(im
     repository = a_repository_of_this_checkout(tmp_path / "repository")
     content = tmp_path / "content"  # Colab's working folder: no checkout in it
     content.mkdir()
-    flags = [*TINY_FLAGS, "--max-epochs", "2", "--target-acc", "1.0", "--ckpt-every-n-epochs", "1"]
+    flags = [*TINY_FLAGS, *GRIDS, "--max-epochs", "2", "--target-acc", "1.0", "--ckpt-every-n-epochs", "1"]
     parameters = {"REPOSITORY": str(repository), "INSTALL": False, "DATA_DIR": str(image_folder),
                   "LOGDIR": str(tmp_path / "logs"), "KEEP_ON_DRIVE": False, "TRAIN_FLAGS": flags, "RESUME": False,
                   "SHOW_TENSORBOARD": False, "EXPORT_DIR": str(tmp_path / "space")}
