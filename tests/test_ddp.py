@@ -147,14 +147,20 @@ def final_weights(logdir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def torchrun(flags: list[str]) -> subprocess.CompletedProcess:
+    """train.py on two processes started side by side by torchrun, as a cluster job starts them (Lightning's own
+    launcher starts the second only once the first has imported everything: seconds later)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
+               *flags]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_ddp(odd_folder, tmp_path_factory) -> Path:
     """The two-process run without a signal, launched by torchrun: the runs it is compared with are launched by
     Lightning, and the launcher must not change what is computed."""
     def launch(logdir: Path) -> None:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   "train.py", *ddp_flags(odd_folder, logdir), *EXACT_DDP]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        result = torchrun([*ddp_flags(odd_folder, logdir), *EXACT_DDP])
         assert result.returncode == 0, result.stderr[-3000:]
 
     return built_once(tmp_path_factory, "ddp_whole", launch)
@@ -193,8 +199,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     (run_dir,) = sorted(logdir.glob("version_*"))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step
-    resumed = subprocess.run([sys.executable, "train.py", *ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume",
-                              str(last)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = torchrun([*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)])  # another launcher
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, whole = final_weights(logdir), final_weights(uninterrupted_ddp)
     assert final["global_step"] == whole["global_step"] == 10

@@ -11,7 +11,14 @@ import pytest
 import torch
 from helpers import start_training, wait_for
 
-from cifar_lit.reliability.run_folder import LOCK_NAME, RunFolderBusy, RunFolderLock, process_start_time
+from cifar_lit.reliability.run_folder import (
+    LOCK_NAME,
+    RUN_DIR_ENV,
+    RunFolderBusy,
+    RunFolderLock,
+    holding,
+    process_start_time,
+)
 from cifar_lit.run.train import main
 
 
@@ -71,3 +78,20 @@ def test_the_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
     second.acquire()
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     second.release()
+
+
+@pytest.mark.parametrize("launcher", [{"WORLD_SIZE": "2", "RANK": "1"}, {"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}],
+                         ids=["torchrun", "slurm"])
+def test_under_torchrun_or_slurm_only_rank_zero_holds_the_resumed_run_folder(tmp_path, monkeypatch, launcher):
+    """Every rank of a resumed torchrun job is given the run folder: the other ranks meet rank zero's lock, alive,
+    and must train beside it, not refuse (they did: the job then waited on them until torchrun killed it)."""
+    for name in ("RANK", "SLURM_PROCID", RUN_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    with holding(tmp_path, created=False):  # rank zero's
+        lock = json.loads((tmp_path / LOCK_NAME).read_text())
+        for name, value in launcher.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+        with holding(tmp_path, created=False):  # rank one's: no lock of its own, and rank zero's untouched
+            assert json.loads((tmp_path / LOCK_NAME).read_text()) == lock
+        assert json.loads((tmp_path / LOCK_NAME).read_text()) == lock

@@ -68,6 +68,12 @@ def launched_as_several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+def launched_rank() -> int:
+    """This process's global rank where torchrun or SLURM started every rank; 0 for a process started alone (and
+    for Lightning's own launcher, which starts the other ranks itself)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
 def choose_run_dir(fast_dev_run: bool, logdir: str | Path, resumed_run_dir: Path | None) -> tuple[Path | None, bool]:
     """(run folder, whether it was created now). None when nothing is written (fast-dev-run) or when the folder is
     only known once Lightning has set up the processes (torchrun, SLURM: rank zero chooses it then)."""
@@ -207,8 +213,11 @@ def busy_message(path: Path, owner: dict[str, Any] | None) -> str:
 def holding(run_dir: Path | None, created: bool) -> Iterator[None]:
     """This process's hold on its run folder while it trains: the folder's lock, unless it is a DDP worker that
     Lightning's launcher started (the launcher made the folder and holds it: RUN_DIR_ENV names it), and RUN_DIR_ENV
-    naming the folder for the workers Lightning starts. Both as they were afterwards."""
-    owner = RunFolderLock(run_dir) if run_dir is not None and (created or not os.environ.get(RUN_DIR_ENV)) else None
+    naming the folder for the workers Lightning starts. Both as they were afterwards. Where torchrun or SLURM started
+    every rank (a resume names the folder to each), rank zero holds it for all: each rank's own lock would find
+    rank zero's, and that rank would refuse to train while the others wait for it."""
+    mine = created or not os.environ.get(RUN_DIR_ENV)
+    owner = RunFolderLock(run_dir) if run_dir is not None and mine and launched_rank() == 0 else None
     previous = os.environ.get(RUN_DIR_ENV)
     try:
         if owner is not None:
