@@ -85,13 +85,14 @@ def test_the_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
 def test_under_torchrun_or_slurm_only_rank_zero_holds_the_resumed_run_folder(tmp_path, monkeypatch, launcher):
     """Every rank of a resumed torchrun job is given the run folder: the other ranks meet rank zero's lock, alive,
     and must train beside it, not refuse (they did: the job then waited on them until torchrun killed it)."""
-    for name in ("RANK", "SLURM_PROCID", RUN_DIR_ENV):
+    for name in ("RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
     with holding(tmp_path, created=False):  # rank zero's
         lock = json.loads((tmp_path / LOCK_NAME).read_text())
         for name, value in launcher.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+        del os.environ[RUN_DIR_ENV]  # another process: not Lightning's child (holding() puts it back as it was)
         with holding(tmp_path, created=False):  # rank one's: no lock of its own, and rank zero's untouched
             assert json.loads((tmp_path / LOCK_NAME).read_text()) == lock
         assert json.loads((tmp_path / LOCK_NAME).read_text()) == lock
+    assert RUN_DIR_ENV not in os.environ, "later runs in this process would take the folder for theirs"
