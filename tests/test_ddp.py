@@ -125,8 +125,11 @@ def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
 
 RUNNER = Path(__file__).with_name("phase_hold_runner.py")
 EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "2", "--ckpt-every-n-epochs", "1"]
-# phase held on rank zero -> (HOLD_AFTER, global step of last.ckpt after the stop); 5 steps per epoch on each rank
-SIGNALLED = {"train": (None, 0), "validation": (None, 5), "checkpoints": ("validation", 5)}
+# phase held on rank zero -> (HOLD_AFTER, global step of last.ckpt after the stop, launcher of the resume); 5 steps
+# per epoch on each rank. Each stopped run is launched by Lightning; its resume by torchrun (a cluster job's resume)
+# or by Lightning again.
+SIGNALLED = {"train": (None, 0, "torchrun"), "validation": (None, 5, "lightning"),
+             "checkpoints": ("validation", 5, "torchrun")}
 
 
 def ddp_processes(marker: str) -> list[int]:
@@ -175,7 +178,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     import time
 
     logdir = tmp_path / "logs"
-    after, step = SIGNALLED[phase]
+    after, step, launcher = SIGNALLED[phase]
     env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
     process = subprocess.Popen([sys.executable, str(RUNNER), *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT,
                                stderr=subprocess.PIPE, text=True, env=env)
@@ -199,7 +202,9 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     (run_dir,) = sorted(logdir.glob("version_*"))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step
-    resumed = torchrun([*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)])  # another launcher
+    resume = [*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)]
+    resumed = torchrun(resume) if launcher == "torchrun" else subprocess.run(
+        [sys.executable, "train.py", *resume], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, whole = final_weights(logdir), final_weights(uninterrupted_ddp)
     assert final["global_step"] == whole["global_step"] == 10
