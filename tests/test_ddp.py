@@ -38,6 +38,14 @@ def ddp_flags(data: Path, logdir: Path) -> list[str]:
             "--logdir", str(logdir), "--target-acc", "0.5", "--max-epochs", "8", "--eval-batch-size", "20"]
 
 
+def launch(flags: list[str], launcher: str = "lightning") -> subprocess.CompletedProcess:
+    """train.py on two processes. Lightning's launcher starts the second once the first has imported everything
+    (seconds later); torchrun starts both side by side, as a cluster job does."""
+    by = {"lightning": [], "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]}
+    return subprocess.run([sys.executable, *by[launcher], "train.py", *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
 def check_one_run_and_exact_test_accuracy(logdir: Path, tmp_path: Path, reached: bool = True) -> dict:
     runs = sorted(logdir.glob("version_*"))
     assert len(runs) == 1, runs
@@ -60,8 +68,7 @@ def check_one_run_and_exact_test_accuracy(logdir: Path, tmp_path: Path, reached:
 @pytest.mark.slow
 def test_two_process_ddp_run_writes_one_run_and_counts_each_test_image_once(odd_folder, tmp_path):
     logdir = tmp_path / "logs"
-    result = subprocess.run([sys.executable, "train.py", *ddp_flags(odd_folder, logdir)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = launch(ddp_flags(odd_folder, logdir))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = check_one_run_and_exact_test_accuracy(logdir, tmp_path)
     assert summary["config"]["devices"] == 2
@@ -150,23 +157,15 @@ def final_weights(logdir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def torchrun(flags: list[str]) -> subprocess.CompletedProcess:
-    """train.py on two processes started side by side by torchrun, as a cluster job starts them (Lightning's own
-    launcher starts the second only once the first has imported everything: seconds later)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
-               *flags]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted_ddp(odd_folder, tmp_path_factory) -> Path:
     """The two-process run without a signal, launched by torchrun: the runs it is compared with are launched by
     Lightning, and the launcher must not change what is computed."""
-    def launch(logdir: Path) -> None:
-        result = torchrun([*ddp_flags(odd_folder, logdir), *EXACT_DDP])
+    def train_whole(logdir: Path) -> None:
+        result = launch([*ddp_flags(odd_folder, logdir), *EXACT_DDP], "torchrun")
         assert result.returncode == 0, result.stderr[-3000:]
 
-    return built_once(tmp_path_factory, "ddp_whole", launch)
+    return built_once(tmp_path_factory, "ddp_whole", train_whole)
 
 
 @pytest.mark.slow
@@ -202,9 +201,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     (run_dir,) = sorted(logdir.glob("version_*"))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step
-    resume = [*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)]
-    resumed = torchrun(resume) if launcher == "torchrun" else subprocess.run(
-        [sys.executable, "train.py", *resume], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = launch([*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)], launcher)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, whole = final_weights(logdir), final_weights(uninterrupted_ddp)
     assert final["global_step"] == whole["global_step"] == 10
