@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 from filelock import FileLock
+from forkserver import PYTHON as PYTHON_ENV
+from forkserver import Python
 from torch._dynamo.utils import counters
 
 from cifar_lit.run import train as run
 
 ROOT = Path(__file__).resolve().parent.parent
+# `PYTHON ARGS` runs as `python ARGS`, without the seconds of imports (tests/forkserver.py, set up by conftest).
+PYTHON = os.environ.get(PYTHON_ENV, sys.executable)
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
 # accuracy within a few epochs with these settings on the CPU, in seconds. Not narrower in float32: on this CPU
@@ -51,9 +55,13 @@ def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
     monkeypatch.setattr(run, "build_callbacks", build)
 
 
-def start_training(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def python(args: list[str], **popen) -> Python:
+    """`python ARGS` as a process (subprocess.Popen) whose signals, SIGKILL too, reach the program."""
+    return Python(PYTHON, args, **popen)
+
+
+def start_training(args: list[str]) -> Python:
+    return python(["train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:

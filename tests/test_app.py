@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_FLAGS
+from helpers import PYTHON, ROOT, TINY_FLAGS, Python
 from PIL import Image
 
 from cifar_lit.reporting.evaluate import main as evaluate
@@ -51,9 +51,10 @@ def trained(image_folder_master, tmp_path_factory) -> dict:
     pytest.fail("the trained network classified no test image right")
 
 
-def serve(command: list[str], cwd: Path, port: int, env: dict | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **OFFLINE, **(env or {})})
+def serve(args: list[str], cwd: Path, port: int, env: dict | None = None, fresh: bool = False) -> subprocess.Popen:
+    """`python ARGS` serving on `port`; `fresh`: in a new interpreter, not a fork of one that imported cifar_lit."""
+    process = Python(sys.executable if fresh else PYTHON, args, cwd=cwd, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True, env={**os.environ, **OFFLINE, **(env or {})})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
@@ -80,8 +81,8 @@ def stop(process: subprocess.Popen) -> str:
 @pytest.fixture(scope="module")
 def app(trained):
     port = free_port()
-    process = serve([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port),
-                     "--gpus", "0"], ROOT, port)
+    process = serve(["-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port), "--gpus", "0"],
+                    ROOT, port)
     yield {"url": f"http://127.0.0.1:{port}/", "process": process}
     if process.poll() is None:
         process.kill()
@@ -112,7 +113,7 @@ def test_the_server_stops_cleanly_on_ctrl_c(app):
 
 
 def run_app(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifar_lit.app", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([PYTHON, "-m", "cifar_lit.app", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, **OFFLINE, **(env or {})})
 
 
@@ -126,6 +127,7 @@ def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(t
     probe = ("import sys; from cifar_lit.app.__main__ import main; "
              f"code = main(['--ckpt', {str(never_read)!r}, '--port', '0']); "
              "print(code, sorted(name for name in ('torch', 'gradio', 'pytorch_lightning') if name in sys.modules))")
+    # A fresh interpreter: the question is what it imports.
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.split("\n")[0] == "2 []", result.stdout + result.stderr
     with socket.socket() as holder:
@@ -143,8 +145,8 @@ def test_sigterm_stops_the_server_and_removes_its_temporary_folder(trained, tmp_
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     port = free_port()
-    process = serve([sys.executable, "-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port),
-                     "--gpus", "0"], ROOT, port, {"TMPDIR": str(scratch)})
+    process = serve(["-m", "cifar_lit.app", "--ckpt", str(trained["best"]), "--port", str(port), "--gpus", "0"],
+                    ROOT, port, {"TMPDIR": str(scratch)})
     (folder,) = scratch.glob("cifar_lit_app_*")
     assert (folder / "model.pt").is_file(), "the weights the page serves"
     process.send_signal(signal.SIGTERM)
@@ -197,8 +199,7 @@ def test_the_exported_app_runs_from_a_copy_without_cifar_lit(exported, trained, 
     port = free_port()
     no_package = ("import runpy, sys; sys.modules['cifar_lit'] = None; sys.argv = ['app.py']; "
                   "runpy.run_path('app.py', run_name='__main__')")
-    process = serve([sys.executable, "-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port),
-                                                                      "PYTHONPATH": ""})
+    process = serve(["-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}, fresh=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
         top, *_ = client.predict([gradio_client.handle_file(str(trained["image"]))], 1, 0.5, "layer3",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import GRIDS, TINY_FLAGS, built_once
+from helpers import GRIDS, PYTHON, TINY_FLAGS, built_once, python
 from PIL import Image
 from synthetic import write_image_folder
 
@@ -42,7 +41,7 @@ def launch(flags: list[str], launcher: str = "lightning") -> subprocess.Complete
     """train.py on two processes. Lightning's launcher starts the second once the first has imported everything
     (seconds later); torchrun starts both side by side, as a cluster job does."""
     by = {"lightning": [], "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]}
-    return subprocess.run([sys.executable, *by[launcher], "train.py", *flags], cwd=ROOT, capture_output=True,
+    return subprocess.run([PYTHON, *by[launcher], "train.py", *flags], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -179,8 +178,8 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     logdir = tmp_path / "logs"
     after, step, launcher = SIGNALLED[phase]
     env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
-    process = subprocess.Popen([sys.executable, str(RUNNER), *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = python([str(RUNNER), *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT, stderr=subprocess.PIPE,
+                     text=True, env=env)
     lines = []
     for line in process.stderr:
         lines.append(line)

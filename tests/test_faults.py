@@ -9,8 +9,6 @@ import random
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import TINY_FLAGS, built_once, start_training, wait_for, with_extra_callback
+from helpers import TINY_FLAGS, built_once, python, start_training, wait_for, with_extra_callback
 
 from cifar_lit.reliability import checkpoints
 from cifar_lit.reporting.evaluate import main as evaluate
@@ -143,29 +141,32 @@ def test_step_checkpoints_resume_exactly_and_skip_an_epochs_last_step(noisy_flag
 @pytest.mark.slow
 def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy_flags, tmp_path):
     logdir = tmp_path / "logs"
-    args = [*noisy_flags, "--target-acc", "1.0", "--max-epochs", "4", "--ckpt-every-n-steps", "1"]
+    args = [*noisy_flags, "--target-acc", "1.0", "--max-epochs", "6", "--ckpt-every-n-steps", "1"]
     rng = random.Random(1234)
-    kills = 0
-    while True:
-        resume = ["--resume", "last"] if list(logdir.glob("version_*/checkpoints/last.ckpt")) else []
-        process = start_training([*args, *resume])
-        if kills < 3:
-            wait_for(logdir, "version_*/checkpoints/last.ckpt", process)
-            time.sleep(rng.uniform(0.2, 3.0))
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-                kills += 1
-                last = only_run(logdir) / "checkpoints" / "last.ckpt"
-                state = checkpoints.load_checkpoint(last)  # complete: never a torn file
-                assert state["global_step"] > 0
-                continue
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err
-        break
-    assert kills == 3
+    steps = []
+    for kill in range(4):
+        written = [path.stat().st_mtime_ns for path in logdir.glob("version_*/checkpoints/last.ckpt")]
+        process = start_training([*args, *(["--resume", "last"] if written else [])])
+        if kill == 3:
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err
+            break
+        # Once this process has saved a step (a checkpoint a step, about 0.1 s each), at a random moment of the next
+        # half second: mostly in the middle of a step or of a checkpoint's write.
+        deadline = time.monotonic() + 180
+        while [path.stat().st_mtime_ns for path in logdir.glob("version_*/checkpoints/last.ckpt")] == written:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "training never got there"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.5))
+        assert process.poll() is None, "the run ended before the kill: give it more epochs"
+        process.kill()
+        process.wait()
+        state = checkpoints.load_checkpoint(only_run(logdir) / "checkpoints" / "last.ckpt")  # never a torn file
+        steps.append(state["global_step"])
+    assert 0 < steps[0] < steps[1] < steps[2] < 60, "each resumed run went on from the last and was killed"
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
-    assert summary["epochs_run"] == 4 and summary["global_steps"] == 40
+    assert summary["epochs_run"] == 6 and summary["global_steps"] == 60
 
 
 KILLED_DURING_WRITE = textwrap.dedent("""
@@ -189,7 +190,7 @@ KILLED_DURING_WRITE = textwrap.dedent("""
 @pytest.mark.slow
 def test_kill_9_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     target, writing = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "writing"
-    process = subprocess.Popen([sys.executable, "-c", KILLED_DURING_WRITE, str(target), str(writing)], cwd=ROOT)
+    process = python(["-c", KILLED_DURING_WRITE, str(target), str(writing)], cwd=ROOT)
     deadline = time.monotonic() + 120
     while not writing.exists():
         assert process.poll() is None and time.monotonic() < deadline

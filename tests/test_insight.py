@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import EVERY_EPOCH_FIGURES, TINY_FLAGS
+from helpers import EVERY_EPOCH_FIGURES, TINY_FLAGS, built_once
 from synthetic import write_noise_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -178,11 +178,14 @@ def test_noise_gets_no_suggestion_and_lr_auto_refuses_to_train_on_one(tmp_path, 
 
 @pytest.fixture(scope="module")
 def insight_run(image_folder_master, tmp_path_factory) -> Path:
-    logdir = tmp_path_factory.mktemp("insight")
-    data = Path(shutil.copytree(image_folder_master, logdir.parent / "insight_data"))
-    assert main([*TINY_FLAGS, *EVERY_EPOCH_FIGURES, "--data-dir", str(data), "--logdir", str(logdir),
-                 "--max-epochs", "2", "--target-acc", "1.0", "--lr", "auto", "--lr-find-steps", "20"]) == 0
-    (run_dir,) = logdir.glob("version_*")
+    """One run for the session: the module's tests, slow ones first, are spread over the workers and over time, and
+    a worker that comes back to the module would set a module fixture up again."""
+    def run(folder: Path) -> None:
+        data = Path(shutil.copytree(image_folder_master, folder / "data"))
+        assert main([*TINY_FLAGS, *EVERY_EPOCH_FIGURES, "--data-dir", str(data), "--logdir", str(folder / "logs"),
+                     "--max-epochs", "2", "--target-acc", "1.0", "--lr", "auto", "--lr-find-steps", "20"]) == 0
+
+    (run_dir,) = (built_once(tmp_path_factory, "insight_run", run) / "logs").glob("version_*")
     return run_dir
 
 

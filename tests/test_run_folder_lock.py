@@ -27,17 +27,18 @@ def test_a_live_run_refuses_a_second_trainer_and_a_killed_ones_lock_is_taken_ove
                                                                                   caplog):
     logdir = tmp_path / "logs"
     process = start_training([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "60"])
+    pid = process.program_pid()
     try:
         wait_for(logdir, "version_*/checkpoints/last.ckpt", process)
         (run_dir,) = logdir.glob("version_*")
         last = run_dir / "checkpoints" / "last.ckpt"
         lock = json.loads((run_dir / LOCK_NAME).read_text())
-        assert lock["pid"] == process.pid and lock["host"] == socket.gethostname()
+        assert lock["pid"] == pid and lock["host"] == socket.gethostname()
         for resume in (str(last), "last"):
             assert main(["--resume", resume, "--logdir", str(logdir)]) == 2
             err = capsys.readouterr().err
-            assert f"The run folder {run_dir} is in use by another trainer (pid {process.pid}" in err
-            assert f"kill -TERM {process.pid}" in err and "Traceback" not in err
+            assert f"The run folder {run_dir} is in use by another trainer (pid {pid}" in err
+            assert f"kill -TERM {pid}" in err and "Traceback" not in err
         assert sorted(logdir.glob("version_*")) == [run_dir] and json.loads((run_dir / LOCK_NAME).read_text()) == lock
     finally:
         process.kill()
@@ -46,7 +47,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_killed_ones_lock_is_taken_ove
     epochs = torch.load(last, weights_only=True)["epoch"]
     with caplog.at_level("WARNING"):
         assert main(["--resume", str(last), "--max-epochs", str(epochs + 2)]) == 0
-    assert "was left by a trainer that no longer runs" in caplog.text and f"pid {process.pid}" in caplog.text
+    assert "was left by a trainer that no longer runs" in caplog.text and f"pid {pid}" in caplog.text
     assert not (run_dir / LOCK_NAME).exists(), "released when the run ends"
 
 

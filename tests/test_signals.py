@@ -5,12 +5,13 @@ the run (tested and summarised)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import python
 
 from cifar_lit.reliability import checkpoints
 from cifar_lit.run.train import main
@@ -36,9 +37,8 @@ CASES = {
 def signalled_run(phase: str, flags: list[str], tmp_path: Path) -> tuple[int, str]:
     after, extra, _ = CASES[phase]
     env = {"HOLD_PHASE": phase, **({"HOLD_AFTER": after} if after else {}), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, str(RUNNER), *flags, *SHORT, *extra, "--compile-cache",
-                                str(tmp_path / "compile-cache")], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                               env={**__import__("os").environ, **env})
+    process = python([str(RUNNER), *flags, *SHORT, *extra, "--compile-cache", str(tmp_path / "compile-cache")],
+                     cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     lines = []
     for line in process.stderr:
         lines.append(line)

@@ -2,13 +2,12 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import EVERY_EPOCH_FIGURES
+from helpers import EVERY_EPOCH_FIGURES, PYTHON
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -25,7 +24,7 @@ def run_dirs(logdir: Path) -> list[Path]:
 
 
 def run_cli(args, cwd=ROOT):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([PYTHON, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
