@@ -192,8 +192,7 @@ def serve(name: str) -> dict:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind("\0" + name)
     listener.listen(64)  # requests wait in the backlog while the imports run
-    base = dict(os.environ)
-    base_path = list(sys.path[1:])
+    server = Server(listener)
 
     # What cifar_lit's training, evaluation and reports import, which each program would pay for.
     import captum.attr  # noqa: F401
@@ -205,71 +204,89 @@ def serve(name: str) -> dict:
     import yaml  # noqa: F401
 
     gc.freeze()  # the children share these objects' pages instead of copying them on the next collection
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, None)
-    running: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
     while True:
-        for key, _ in selector.select():
-            if key.data is None:
-                connection, _ = listener.accept()
-                try:
-                    message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
-                    request = json.loads(message)
-                except (OSError, ValueError):
-                    connection.close()
-                    continue
-                fresh = read_at_import(request["env"], base)
-                print(f"{'exec, for ' + ' '.join(fresh) if fresh else 'fork'}: {' '.join(request['args'])[:200]!r}",
-                      file=sys.stderr, flush=True)
-                if len(fds) != 3 or fresh:
-                    for fd in fds:
-                        os.close(fd)
-                    connection.send(b"exec")
-                    connection.close()
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    os.setpgid(0, 0)  # its own group, so a signal to the group reaches what it starts
-                    selector.close()
-                    listener.close()
-                    connection.close()
-                    for pidfd, (_, other) in running.items():
-                        os.close(pidfd)
-                        other.close()
-                    return {**request, "fds": fds, "base_path": base_path, "base_env": base}
-                for fd in fds:
-                    os.close(fd)
-                try:
-                    os.setpgid(pid, pid)  # here too: the group exists before PYTHON may signal it
-                except OSError:
-                    pass  # the child made it already (or is gone)
-                connection.send(f"pid {pid}".encode())
-                pidfd = os.pidfd_open(pid)
-                running[pidfd] = (pid, connection)
-                selector.register(pidfd, selectors.EVENT_READ, ("exited", pidfd))
-                selector.register(connection, selectors.EVENT_READ, ("client gone", pidfd))
-            elif key.data[0] == "client gone":  # PYTHON was killed: so are its program and what that started
-                pid, _ = running[key.data[1]]
-                selector.unregister(key.fileobj)
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            else:
-                pidfd = key.data[1]
-                pid, connection = running.pop(pidfd)
-                _, status = os.waitpid(pid, 0)
-                selector.unregister(pidfd)
+        for key, _ in server.selector.select():
+            request = key.data(key.fileobj)
+            if request is not None:
+                return request
+
+
+def send(connection: socket.socket, text: str) -> None:
+    try:
+        connection.send(text.encode())
+    except OSError:
+        pass  # PYTHON is gone; its connection reads as closed next
+
+
+class Server:
+    """The loop's state: what each event (a request, a PYTHON gone, a program ended) is handled by."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener, self.base, self.base_path = listener, dict(os.environ), list(sys.path[1:])
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, self.accept)
+        self.running: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, PYTHON's connection)
+
+    def accept(self, listener: socket.socket) -> dict | None:
+        connection, _ = listener.accept()
+        try:
+            message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+            request = json.loads(message)
+        except (OSError, ValueError):
+            connection.close()
+            return None
+        fresh = read_at_import(request["env"], self.base)
+        print(f"{'exec, for ' + ' '.join(fresh) if fresh else 'fork'}: {' '.join(request['args'])[:200]!r}",
+              file=sys.stderr, flush=True)
+        if len(fds) != 3 or fresh:
+            for fd in fds:
+                os.close(fd)
+            send(connection, "exec")
+            connection.close()
+            return None
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)  # its own group, so a signal to the group reaches what it starts
+            self.selector.close()
+            self.listener.close()
+            connection.close()
+            for pidfd, (_, other) in self.running.items():
                 os.close(pidfd)
-                try:
-                    selector.unregister(connection)
-                except KeyError:
-                    pass
-                try:
-                    connection.send(f"exit {status}".encode())
-                except OSError:
-                    pass
-                connection.close()
+                other.close()
+            return {**request, "fds": fds, "base_path": self.base_path, "base_env": self.base}
+        for fd in fds:
+            os.close(fd)
+        try:
+            os.setpgid(pid, pid)  # here too: the group exists before PYTHON may signal it
+        except OSError:
+            pass  # the child made it already
+        send(connection, f"pid {pid}")
+        pidfd = os.pidfd_open(pid)
+        self.running[pidfd] = (pid, connection)
+        self.selector.register(pidfd, selectors.EVENT_READ, self.exited)
+        self.selector.register(connection, selectors.EVENT_READ, lambda _: self.client_gone(pidfd))
+        return None
+
+    def client_gone(self, pidfd: int) -> None:
+        """PYTHON was killed: so are its program and what that started."""
+        pid, connection = self.running[pidfd]
+        self.selector.unregister(connection)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def exited(self, pidfd: int) -> None:
+        pid, connection = self.running.pop(pidfd)
+        _, status = os.waitpid(pid, 0)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            self.selector.unregister(connection)
+        except KeyError:
+            pass  # PYTHON went first (client_gone)
+        send(connection, f"exit {status}")
+        connection.close()
 
 
 def become(request: dict) -> tuple[str, str]:
