@@ -1,6 +1,6 @@
 """`python ARGS` for the tests, without paying for the imports each time.
 
-Most of the suite's time went into Python importing torch, torchmetrics and Lightning, about 4.5 s in every process
+Most of the suite's time went into Python importing torch, torchmetrics and Lightning, about 5 s in every process
 a test starts (train.py, evaluate.py, the app, the benchmarks' scripts). Here one server per pytest worker imports
 those libraries once (not cifar_lit: each program imports the project's code itself, in its own order); each
 `python ARGS` is a fork of it, set up as a fresh interpreter would be: its own argv, sys.path, working folder,
@@ -23,6 +23,7 @@ import gc
 import io
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -40,7 +41,7 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 IMPORT_TIME = ("PYTHON", "TORCH", "PYTORCH", "CUDA", "NVIDIA", "OMP_", "MKL", "KMP_", "GOMP", "OPENBLAS", "LD_",
                "POSSIBLE_USER_WARNINGS", "MPL", "TMP", "TEMP", "HOME", "XDG_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
                "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_", "SLURM_", "JSM_", "OMPI_", "PMI_")
-APPLIED = ("PYTHON", "PYTHONPATH", "PYTHONUNBUFFERED")
+HONOURED = ("PYTHON", "PYTHONPATH", "PYTHONUNBUFFERED")
 
 
 def prepare(folder: str) -> str:
@@ -181,7 +182,7 @@ class Python(subprocess.Popen):
 def read_at_import(env: dict[str, str], base: dict[str, str]) -> list[str]:
     """The variables that differ from the server's and that a fork would not honour."""
     changed = {key for key in env.keys() | base.keys() if env.get(key) != base.get(key)}
-    return sorted(key for key in changed if key.startswith(IMPORT_TIME) and key not in APPLIED)
+    return sorted(key for key in changed if key.startswith(IMPORT_TIME) and key not in HONOURED)
 
 
 def serve(name: str) -> dict:
@@ -291,8 +292,6 @@ class Server:
 
 def become(request: dict) -> tuple[str, str]:
     """Set this fork up as `python ARGS` would start; returns how to run the program and what."""
-    import random
-
     for target, fd in enumerate(request["fds"]):
         os.dup2(fd, target)
         os.close(fd)
@@ -302,17 +301,7 @@ def become(request: dict) -> tuple[str, str]:
     random.seed()  # a fresh interpreter seeds from the system; a fork would repeat the server's numbers
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    for fd, attribute in ((1, "stdout"), (2, "stderr")):
-        stream = getattr(sys, attribute)
-        raw = io.FileIO(fd, "w", closefd=False)
-        fresh = io.TextIOWrapper(raw if unbuffered else io.BufferedWriter(raw), encoding=stream.encoding,
-                                 errors=stream.errors, line_buffering=not unbuffered and (os.isatty(fd) or fd == 2),
-                                 write_through=unbuffered)
-        setattr(sys, attribute, fresh)
-        setattr(sys, f"__{attribute}__", fresh)
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-                                                 encoding=sys.stdin.encoding, errors=sys.stdin.errors)
+    fresh_streams(unbuffered=bool(os.environ.get("PYTHONUNBUFFERED")))
     args = request["args"]
     if args[0] == "-m":
         how, what, argv, first = "module", args[1], ["-m", *args[2:]], os.getcwd()
@@ -332,7 +321,22 @@ def become(request: dict) -> tuple[str, str]:
     return how, what
 
 
+def fresh_streams(unbuffered: bool) -> None:
+    """sys.stdin, stdout and stderr as Python makes them at start-up for the files now at 0, 1 and 2."""
+    for fd, attribute in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, attribute)
+        raw = io.FileIO(fd, "w", closefd=False)
+        fresh = io.TextIOWrapper(raw if unbuffered else io.BufferedWriter(raw), encoding=stream.encoding,
+                                 errors=stream.errors, line_buffering=not unbuffered and (os.isatty(fd) or fd == 2),
+                                 write_through=unbuffered)
+        setattr(sys, attribute, fresh)
+        setattr(sys, f"__{attribute}__", fresh)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                                 encoding=sys.stdin.encoding, errors=sys.stdin.errors)
+
+
 def run(how: str, what: str) -> None:
+    """The program, as the interpreter runs a script, `-c` code or code from standard input, or `-m` a module."""
     import builtins
     import runpy
     import types
