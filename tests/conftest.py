@@ -17,11 +17,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import forkserver  # noqa: E402
 
+PYTHON_FOLDER = None
 if sys.platform == "linux" and not os.environ.get("CIFAR_LIT_TEST_NO_FORKSERVER"):
     # Before helpers, which reads PYTHON. The server itself starts in pytest_configure: not in xdist's controller.
     PYTHON_FOLDER = tempfile.mkdtemp(prefix="cifar-lit-python-")
     atexit.register(shutil.rmtree, PYTHON_FOLDER, ignore_errors=True)
     forkserver.prepare(PYTHON_FOLDER)
+else:
+    os.environ.pop(forkserver.PYTHON, None)  # the real interpreter, whatever an outer session set
 
 from helpers import TINY_FLAGS  # noqa: E402
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
@@ -37,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """The forkserver of this process's PYTHON (tests/forkserver.py), where tests run: each xdist worker, or the
     one process under -n 0."""
     runs_tests = hasattr(config, "workerinput") or not config.getoption("numprocesses", None)
-    if runs_tests and os.environ.get(forkserver.PYTHON, sys.executable) != sys.executable:
+    if runs_tests and PYTHON_FOLDER is not None:
         server = forkserver.start(PYTHON_FOLDER)
         config.add_cleanup(server.kill)
 

@@ -64,12 +64,17 @@ def start_training(args: list[str]) -> Python:
     return python(["train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
+def wait_until(done: Callable[[], object], process: subprocess.Popen, timeout: float = 180) -> None:
+    """Until `done()` holds, while the process runs."""
     deadline = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
+    while not done():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "training never got there"
-        time.sleep(0.1)
+        time.sleep(0.02)
+
+
+def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    wait_until(lambda: list(folder.glob(pattern)), process, timeout)
 
 
 class GraphCount(pl.Callback):

@@ -52,7 +52,7 @@ def trained(image_folder_master, tmp_path_factory) -> dict:
 
 
 def serve(args: list[str], cwd: Path, port: int, env: dict | None = None, fresh: bool = False) -> subprocess.Popen:
-    """`python ARGS` serving on `port`; `fresh`: in a new interpreter, not a fork of one that imported cifar_lit."""
+    """`python ARGS` serving on `port`; `fresh`: the real interpreter, not a fork of tests/forkserver.py's."""
     process = Python(sys.executable if fresh else PYTHON, args, cwd=cwd, stdout=subprocess.PIPE,
                      stderr=subprocess.STDOUT, text=True, env={**os.environ, **OFFLINE, **(env or {})})
     deadline = time.monotonic() + 180
@@ -199,6 +199,7 @@ def test_the_exported_app_runs_from_a_copy_without_cifar_lit(exported, trained, 
     port = free_port()
     no_package = ("import runpy, sys; sys.modules['cifar_lit'] = None; sys.argv = ['app.py']; "
                   "runpy.run_path('app.py', run_name='__main__')")
+    # What the copy alone imports: nothing preloaded.
     process = serve(["-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}, fresh=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)

@@ -24,7 +24,7 @@ SMALL_RUN = ["--width", "8", "--batch-size", "30", "--eval-batch-size", "50", "-
 
 def run_in_process(monkeypatch, script: str, *args: str) -> int:
     """The script as `python benchmarks/<script> args...` would run it, in this process (no second start-up); the
-    train.py runs it starts start as PYTHON's."""
+    train.py runs it starts go through PYTHON."""
     monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])
     monkeypatch.setattr(sys, "executable", PYTHON)
     try:
