@@ -69,7 +69,7 @@ def wait_until(done: Callable[[], object], process: subprocess.Popen, timeout: f
     deadline = time.monotonic() + timeout
     while not done():
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "training never got there"
+        assert time.monotonic() < deadline, f"the process never got there in {timeout} s"
         time.sleep(0.02)
 
 

@@ -191,10 +191,7 @@ KILLED_DURING_WRITE = textwrap.dedent("""
 def test_kill_9_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     target, writing = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "writing"
     process = python(["-c", KILLED_DURING_WRITE, str(target), str(writing)], cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not writing.exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(writing.exists, process, timeout=120)
     process.kill()
     process.wait()
     assert checkpoints.load_checkpoint(target)["version"] == 1
