@@ -10,9 +10,10 @@ benchmarks/results/data_load-cpu-x86-64-2-cores-2026-11-25.json.
 import sys
 
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 
 if __name__ == "__main__":
-    module = ImageDataModule(data_dir=sys.argv[1])
+    module = ImageDataModule(DataOptions(data_dir=sys.argv[1]))
     module.prepare_data()  # train.py
     module.setup("fit")
     module.prepare_data()  # Lightning, inside fit

@@ -26,6 +26,8 @@ from cifar_lit.data.augment import augment, draw_codes, pad, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.loaders import PILImageDataset, TensorBatchLoader, derive_seed
+from cifar_lit.data.options import DataOptions
+from cifar_lit.data.pil_path import pil_transform
 from cifar_lit.reporting.provenance import (
     PROJECT_ROOT,
     command_line,
@@ -82,7 +84,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    module = ImageDataModule(data_dir=args.data_dir, download=False, batch_size=args.batch_size)
+    module = ImageDataModule(DataOptions(data_dir=args.data_dir, download=False, batch_size=args.batch_size))
     module.setup("fit")
     train = module.splits["train"]
     padded = pad(torch.from_numpy(np.ascontiguousarray(train.images)).to(device), PADDING)
@@ -96,7 +98,7 @@ def main() -> int:
                for epoch in range(args.epochs)]
     results["tensor"] = {"seconds_per_epoch": seconds, "images_per_second": per_epoch / statistics.median(seconds)}
     print(f"tensor path on {device}: {results['tensor']['images_per_second']:,.0f} images/s", flush=True)
-    dataset = PILImageDataset(train, module._pil_transform(train=True))
+    dataset = PILImageDataset(train, pil_transform(module.options, module.mean, module.std, train=True))
     for workers in args.workers:
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                             persistent_workers=workers > 0, pin_memory=device.type == "cuda")

@@ -130,8 +130,9 @@ import sys
 import pytorch_lightning as pl
 import torch
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__version__, flush=True)
-ImageDataModule(data_dir=sys.argv[1], download=False).prepare_data()
+ImageDataModule(DataOptions(data_dir=sys.argv[1], download=False)).prepare_data()
 EOF
   echo "$FOLDER" > "$DECODED"
 fi

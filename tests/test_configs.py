@@ -14,7 +14,7 @@ def test_the_presets_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_preset_parses_and_is_in_range(path):
-    assert parse_options(["--config", str(path)]).config == [str(path)]
+    assert parse_options(["--config", str(path)]).config == (str(path),)
 
 
 def test_default_yaml_is_what_train_py_runs_without_a_config():

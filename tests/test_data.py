@@ -13,6 +13,7 @@ from cifar_lit.data import image_folder as image_folder_module
 from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.image_folder import load_image_folder_split
+from cifar_lit.data.options import DataOptions
 from cifar_lit.data.sources import load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats
 from cifar_lit.reliability.errors import DataError
@@ -110,15 +111,15 @@ def test_missing_batch_file_is_named(batches_folder):
 def test_wrong_layout_is_explained(image_folder, damage, message):
     damage(image_folder)
     with pytest.raises(DataError, match=message):
-        ImageDataModule(data_dir=str(image_folder), download=False).prepare_data()
+        ImageDataModule(DataOptions(data_dir=str(image_folder), download=False)).prepare_data()
 
 
 def test_cifar10_asked_for_by_name_refuses_a_folder_of_other_classes(image_folder):
     for split in ("train", "test"):
         (image_folder / split / "frog").rename(image_folder / split / "toad")
     with pytest.raises(DataError, match="--dataset cifar10 needs one class folder per CIFAR-10 class.*toad"):
-        ImageDataModule(data_dir=str(image_folder), dataset="cifar10", download=False).prepare_data()
-    module = ImageDataModule(data_dir=str(image_folder), download=False)  # auto: a folder with its own classes
+        ImageDataModule(DataOptions(data_dir=str(image_folder), dataset="cifar10", download=False)).prepare_data()
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), download=False))  # auto: its own classes
     module.prepare_data()
     assert "toad" in module.class_names and module.dataset.kind == "folder"
 
@@ -146,7 +147,7 @@ def test_wrong_image_size_is_named(image_folder):
 
 def test_missing_dataset_without_download_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"No CIFAR-10 copy was found in .*--download.*--data-dir"):
-        ImageDataModule(data_dir=str(tmp_path), download=False).prepare_data()
+        ImageDataModule(DataOptions(data_dir=str(tmp_path), download=False)).prepare_data()
 
 
 def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
@@ -154,13 +155,13 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DataError, match=r"Downloading CIFAR-10 into .* failed.*--no-download"):
-        ImageDataModule(data_dir=str(tmp_path / "new"), download=True).prepare_data()
+        ImageDataModule(DataOptions(data_dir=str(tmp_path / "new"), download=True)).prepare_data()
     assert not (tmp_path / "new").exists(), "a failed download leaves no folder that the next run could mistake"
     kept = tmp_path / "existing"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(DataError):
-        ImageDataModule(data_dir=str(kept), download=True).prepare_data()
+        ImageDataModule(DataOptions(data_dir=str(kept), download=True)).prepare_data()
     assert [path.name for path in kept.iterdir()] == ["notes.txt"], "only what the download added is removed"
 
 
@@ -174,21 +175,21 @@ def test_channel_stats_of_known_images():
 
 
 def test_computed_normalization_is_used_and_checkpointed(image_folder):
-    module = ImageDataModule(data_dir=str(image_folder), normalization="computed")
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), normalization="computed"))
     module.setup("fit")
     assert module.mean != CIFAR10_MEAN
     np.testing.assert_allclose(module.mean, channel_stats(module.splits["train"].images)[0])
-    restored = ImageDataModule(data_dir=str(image_folder))
+    restored = ImageDataModule(DataOptions(data_dir=str(image_folder)))
     restored.load_state_dict(module.state_dict())
     assert restored.mean == pytest.approx(module.mean) and restored.std == pytest.approx(module.std)
     assert ImageDataModule().std == CIFAR10_STD
 
 
 def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
-    default = ImageDataModule(data_dir=str(image_folder))
+    default = ImageDataModule(DataOptions(data_dir=str(image_folder)))
     default.setup("fit")
     assert default.splits["val"] is default.splits["test"]
-    held = [ImageDataModule(data_dir=str(image_folder), val_split=50, seed=s) for s in (1, 1, 2)]
+    held = [ImageDataModule(DataOptions(data_dir=str(image_folder), val_split=50, seed=s)) for s in (1, 1, 2)]
     for module in held:
         module.setup("fit")
     assert len(held[0].splits["val"]) == 50 and len(held[0].splits["train"]) == 250
@@ -197,7 +198,8 @@ def test_default_validation_is_the_test_set_and_split_is_seeded(image_folder):
 
 
 def test_tensor_path_yields_uint8_nhwc_and_transfers_to_normalized_channels_last(image_folder):
-    module = ImageDataModule(data_dir=str(image_folder), batch_size=16, eval_batch_size=64)
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=16, eval_batch_size=64,
+                                         channels_last=True))
     module.setup("fit")
     images, labels = next(iter(module.val_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (64, 32, 32, 3) and labels.dtype == torch.int64
@@ -210,7 +212,8 @@ def test_tensor_path_yields_uint8_nhwc_and_transfers_to_normalized_channels_last
 
 
 def test_training_images_are_stored_padded_once_and_batches_come_out_cropped(image_folder):
-    module = ImageDataModule(data_dir=str(image_folder), batch_size=16, crop_padding=4)
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=16, crop_padding=4,
+                                         channels_last=True))
     module.setup("fit")
     images, _ = next(iter(module.train_dataloader()))
     assert images.shape == (16, 40, 40, 3)
@@ -221,7 +224,8 @@ def test_training_images_are_stored_padded_once_and_batches_come_out_cropped(ima
 
 def test_pil_path_batches_match_the_tensor_path_without_augmentation(image_folder):
     options = dict(data_dir=str(image_folder), eval_batch_size=40, num_workers=0)
-    tensor_dm, pil_dm = ImageDataModule(**options), ImageDataModule(data_path="pil", **options)
+    tensor_dm = ImageDataModule(DataOptions(**options))
+    pil_dm = ImageDataModule(DataOptions(data_path="pil", **options))
     for module in (tensor_dm, pil_dm):
         module.setup("fit")
     tensor_images, tensor_labels = tensor_dm.on_after_batch_transfer(next(iter(tensor_dm.test_dataloader())), 0)
@@ -253,14 +257,14 @@ def test_the_image_folder_is_listed_and_checked_once_per_process(image_folder, m
     real_list = image_folder_module.list_image_folder
     monkeypatch.setattr(image_folder_module, "list_image_folder",
                         lambda *args: listed.append(args[1]) or real_list(*args))
-    module = ImageDataModule(data_dir=str(image_folder))
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder)))
     module.prepare_data()
     module.setup("fit")
     module.prepare_data()  # Lightning calls it again inside fit
     module.setup("fit")
     assert sorted(listed) == ["test", "train"]  # once per split: decoded, cached and kept for setup
     listed.clear()
-    other_rank = ImageDataModule(data_dir=str(image_folder))
+    other_rank = ImageDataModule(DataOptions(data_dir=str(image_folder)))
     other_rank.setup("fit")  # a process that did not prepare loads the splits itself
     assert sorted(listed) == ["test", "train"] and len(other_rank.splits["train"]) == 300
 
@@ -268,7 +272,8 @@ def test_the_image_folder_is_listed_and_checked_once_per_process(image_folder, m
 def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stays_on_the_host(image_folder):
     """With --no-data-on-device the images stay in host memory and training batches reach the device one by one:
     the preview augments its batch there too, so a compiled augmentation is not compiled again for the host."""
-    module = ImageDataModule(data_dir=str(image_folder), batch_size=30, data_on_device=False, download=False)
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=30, data_on_device=False,
+                                     download=False))
     module.prepare_data()
     module.setup("fit")
     module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0,
@@ -279,8 +284,8 @@ def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stay
         seen.append((images.device, images.shape))
         return torch.zeros(len(images), 3, 32, 32)
 
-    module._augment = augment_on_the_spot
-    module._generator = lambda device: torch.Generator()  # meta tensors draw nothing; the device is what is asked
+    module.transforms.augment_fn = augment_on_the_spot
+    module.transforms._generator = lambda device: torch.Generator()  # meta tensors draw nothing; the device is asked
     module.preview_batch(8)
     assert module._as_tensors("train")[0].device.type == "cpu"
     assert seen == [(torch.device("meta"), (30, 40, 40, 3))]
@@ -288,8 +293,8 @@ def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stay
 
 def test_dataloader_workers_are_capped_at_the_cores(image_folder, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    module = ImageDataModule(data_dir=str(image_folder), batch_size=30, data_path="pil", num_workers=64,
-                             download=False)
+    module = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=30, data_path="pil", num_workers=64,
+                                         download=False))
     module.prepare_data()
     module.setup("fit")
     assert module.train_dataloader().num_workers == module.val_dataloader().num_workers == 2

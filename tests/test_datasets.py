@@ -21,6 +21,7 @@ from synthetic import THREE_CLASSES, write_cifar100, write_own_folder
 from cifar_lit.data.constants import CIFAR10_MEAN
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.image_folder import decode_image, load_image_folder_split
+from cifar_lit.data.options import DataOptions
 from cifar_lit.reliability.checkpoints import datamodule_state, load_checkpoint
 from cifar_lit.reliability.errors import DataError
 from cifar_lit.reporting.evaluate import main as evaluate
@@ -92,8 +93,8 @@ def test_evaluate_labels_a_cifar100_image_from_the_checkpoint_alone(cifar100_run
 
 
 def test_coarse_labels_give_the_20_superclasses(cifar100_copy):
-    module = ImageDataModule(data_dir=str(cifar100_copy), dataset="cifar100", cifar100_labels="coarse",
-                             verify_checksums=False, download=False)
+    module = ImageDataModule(DataOptions(data_dir=str(cifar100_copy), dataset="cifar100", cifar100_labels="coarse",
+                                         verify_checksums=False, download=False))
     module.prepare_data()
     module.setup("fit")
     assert module.class_names[0] == "coarse_00" and len(module.class_names) == 20
@@ -101,13 +102,13 @@ def test_coarse_labels_give_the_20_superclasses(cifar100_copy):
 
 
 def test_a_cifar100_copy_that_fails_its_md5_is_refused(cifar100_copy):
-    module = ImageDataModule(data_dir=str(cifar100_copy), dataset="cifar100", download=False)
+    module = ImageDataModule(DataOptions(data_dir=str(cifar100_copy), dataset="cifar100", download=False))
     with pytest.raises(DataError, match="meta fails its MD5 checksum"):
         module.prepare_data()
 
 
 def test_auto_recognises_cifar100_by_its_folder(cifar100_copy):
-    module = ImageDataModule(data_dir=str(cifar100_copy), verify_checksums=False, download=False)
+    module = ImageDataModule(DataOptions(data_dir=str(cifar100_copy), verify_checksums=False, download=False))
     module.prepare_data()
     assert module.dataset.kind == "cifar100" and len(module.class_names) == 100
 
@@ -245,7 +246,7 @@ def test_one_class_is_not_a_data_set(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "one" / split / "only").mkdir(parents=True)
     with pytest.raises(DataError, match="has 1 class folder"):
-        ImageDataModule(data_dir=str(tmp_path / "one"), download=False).prepare_data()
+        ImageDataModule(DataOptions(data_dir=str(tmp_path / "one"), download=False)).prepare_data()
 
 
 def overlapping_labels(figure, labels) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from PIL import Image
 from synthetic import write_image_folder
 
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 from cifar_lit.reporting.evaluate import main as evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,8 @@ class FakeTrainer:
 def test_each_rank_evaluates_its_own_share_without_padding(odd_folder, data_path):
     seen = []
     for rank in range(3):
-        module = ImageDataModule(data_dir=str(odd_folder), data_path=data_path, eval_batch_size=16, num_workers=0)
+        module = ImageDataModule(DataOptions(data_dir=str(odd_folder), data_path=data_path, eval_batch_size=16,
+                                             num_workers=0))
         module.trainer = FakeTrainer(rank, 3)
         module.setup("fit")
         labels = [batch[1] for batch in module.test_dataloader()]
@@ -109,8 +111,8 @@ def test_each_rank_evaluates_its_own_share_without_padding(odd_folder, data_path
 def test_ranks_train_on_disjoint_shares(odd_folder, data_path):
     shares = []
     for rank in range(2):
-        module = ImageDataModule(data_dir=str(odd_folder), data_path=data_path, batch_size=10, num_workers=0,
-                                   crop_padding=0, flip=False)
+        module = ImageDataModule(DataOptions(data_dir=str(odd_folder), data_path=data_path, batch_size=10,
+                                             num_workers=0, crop_padding=0, flip=False))
         module.trainer = FakeTrainer(rank, 2)
         module.setup("fit")
         loader = module.train_dataloader()
@@ -123,7 +125,7 @@ def test_ranks_train_on_disjoint_shares(odd_folder, data_path):
 def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
     # 300 training images on 7 ranks: shards of 43 or 42 images, so a batch of 43 fits on some ranks only
     for rank in range(7):
-        module = ImageDataModule(data_dir=str(odd_folder), batch_size=43, shard_train_data=shard)
+        module = ImageDataModule(DataOptions(data_dir=str(odd_folder), batch_size=43, shard_train_data=shard))
         module.trainer = FakeTrainer(rank, 7)
         module.setup("fit")
         assert module.train_batches_per_epoch() == len(list(module.train_dataloader()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,7 +109,7 @@ def config_for(*flags: str, as_flags: bool = False) -> plan.HardwareRequest:
     """What a run with `flags` asks of the machine; `as_flags`: --compile counts as typed on the command line."""
     options = parse_options(list(flags))
     if not as_flags:
-        options.given = set()
+        options = dataclasses.replace(options, flags=frozenset())
     return options.hardware_request()
 
 
@@ -300,10 +301,13 @@ def test_out_of_memory_is_one_paragraph_and_removes_the_unused_run_folder(image_
 def test_out_of_memory_names_the_gpu_and_its_free_memory(monkeypatch):
     emulate(monkeypatch, "T4", free_gb=0.4)
     device = devices.probe_gpu(0)
-    needed = plan.estimate("resnet18", 64, 10, 512, 2000, "16-mixed", False, 250 * 2**20)
+    needed = plan.estimate("resnet18", 64, 10, batch_size=512, eval_batch_size=2000, precision="16-mixed", ema=False,
+                           data_bytes=250 * 2**20)
     from cifar_lit.hardware.memory import DeviceOutOfMemory, out_of_memory_as_error
 
-    with pytest.raises(DeviceOutOfMemory) as stopped, out_of_memory_as_error(device, needed, 512, 2000, True):
+    with pytest.raises(DeviceOutOfMemory) as stopped, out_of_memory_as_error(device, needed, batch_size=512,
+                                                                                      eval_batch_size=2000,
+                                                                                      data_on_device=True):
         raise RuntimeError("CUDA error: out of memory")
     message = str(stopped.value)
     assert message.startswith("Tesla T4 (cuda:0") and "0.4 GB free of 15.0 GB" in message

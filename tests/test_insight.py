@@ -21,11 +21,12 @@ from cifar_lit.run.lr_range_test import centred_average, guessing_loss, keep_gro
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_sgd
+from cifar_lit.training.options import ModelOptions
 
 
 def network_with_gradients() -> CIFARClassifier:
     torch.manual_seed(0)
-    module = CIFARClassifier(width=8)
+    module = CIFARClassifier(ModelOptions(width=8))
     for parameter in module.parameters():
         parameter.grad = torch.randn_like(parameter)
     return module
@@ -74,11 +75,11 @@ def test_drawing_maps_compiles_nothing_again():
 
 def test_a_layer_that_does_not_exist_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match=r"layer9.*choose one of conv1, bn1, layer1, layer2, layer3, layer4 or a"):
-        network_layer(CIFARClassifier(width=8).model, "layer9")
+        network_layer(CIFARClassifier(ModelOptions(width=8)).model, "layer9")
 
 
 def test_a_layer_without_spatial_maps_is_refused_and_a_block_inside_a_stage_is_taken():
-    network = CIFARClassifier(width=8).model
+    network = CIFARClassifier(ModelOptions(width=8)).model
     with pytest.raises(ConfigError, match=r"'linear' has no spatial maps.*layer4 or a block inside one"):
         network_layer(network, "linear")
     assert network_layer(network, "layer3.1.conv2") is network.layer3[1].conv2

@@ -12,9 +12,11 @@ from torch.nn import functional as F
 
 from cifar_lit.bench import bare_loop as baseline
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 from cifar_lit.reporting.inference import TrainedModel, evaluate_images
 from cifar_lit.training.metrics import EvaluationSums, RunningMean, confusion_counts, evaluation_sums, training_sums
 from cifar_lit.training.module import CIFARClassifier
+from cifar_lit.training.options import ModelOptions
 
 
 def test_confusion_counts_match_numpy_and_stay_exact_under_bf16_autocast():
@@ -69,15 +71,16 @@ def test_running_means_of_training_sums_weight_by_batch_size():
 @pytest.mark.parametrize("flip_tta", [False, True], ids=["plain", "flip-tta"])
 def test_trainer_evaluate_py_and_bare_loop_report_the_same_evaluation(image_folder, flip_tta):
     torch.manual_seed(0)
-    module = CIFARClassifier(width=8, flip_tta=flip_tta, channels_last=False)
-    datamodule = ImageDataModule(data_dir=str(image_folder), eval_batch_size=32, channels_last=False)
+    module = CIFARClassifier(ModelOptions(width=8, flip_tta=flip_tta, channels_last=False))
+    datamodule = ImageDataModule(DataOptions(data_dir=str(image_folder), eval_batch_size=32, channels_last=False))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     by_trainer = module.evaluation["test"]
 
     test = datamodule.splits["test"]
-    trained = TrainedModel(module.eval(), datamodule.mean, datamodule.std, dict(module.hparams), {})
+    trained = TrainedModel(module=module.eval(), mean=datamodule.mean, std=datamodule.std,
+                           hparams=dict(module.hparams), datamodule_hparams={})
     by_report, _ = evaluate_images(trained, test.images, test.labels, batch_size=32, flip_tta=flip_tta)
 
     by_bare = baseline.evaluate(module, datamodule, contextlib.nullcontext)

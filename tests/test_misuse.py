@@ -28,6 +28,7 @@ from cifar_lit.run import train as run
 from cifar_lit.run.config import parse_options
 from cifar_lit.run.train import main
 from cifar_lit.training.module import CIFARClassifier
+from cifar_lit.training.options import ModelOptions
 
 
 def one_error(capsys) -> str:
@@ -215,7 +216,8 @@ def test_a_broken_link_in_the_data_is_named(image_folder):
 
 def test_a_checkpoint_with_a_flipped_byte_is_refused(tmp_path):
     path = tmp_path / "good.ckpt"
-    torch.save({"state_dict": CIFARClassifier(width=8).state_dict(), "pytorch-lightning_version": "2.6.6"}, path)
+    network = CIFARClassifier(ModelOptions(width=8))
+    torch.save({"state_dict": network.state_dict(), "pytorch-lightning_version": "2.6.6"}, path)
     with zipfile.ZipFile(path) as archive:
         member = next(info for info in archive.infolist() if "/data/" in info.filename and info.file_size > 1000)
     data = bytearray(path.read_bytes())

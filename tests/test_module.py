@@ -5,14 +5,16 @@ import pytorch_lightning as pl
 import torch
 
 from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 from cifar_lit.run.config import parse_options
 from cifar_lit.training.module import CIFARClassifier
 from cifar_lit.training.optim import build_scheduler, build_sgd, lr_factor, split_decay_groups
+from cifar_lit.training.options import ModelOptions
 
 
 def test_a_few_sgd_steps_lower_the_loss():
     torch.manual_seed(0)
-    model = CIFARClassifier(lr=0.05, label_smoothing=0.0, width=8)  # narrow: the full network took 9 s here
+    model = CIFARClassifier(ModelOptions(lr=0.05, label_smoothing=0.0, width=8))  # narrow: the full one took 9 s
     images, labels = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     optimizer = build_sgd(model.model, 0.05, 0.9, True, 5e-4)
     losses = []
@@ -54,8 +56,8 @@ def test_schedules_warm_up_peak_and_anneal(kind):
 
 
 def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder):
-    model = CIFARClassifier(lr=0.1, schedule="linear", warmup_fraction=0.0, width=8)
-    datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=30)
+    model = CIFARClassifier(ModelOptions(lr=0.1, schedule="linear", warmup_fraction=0.0, width=8))
+    datamodule = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=30))
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
@@ -67,8 +69,8 @@ def test_scheduler_steps_per_batch_over_estimated_stepping_batches(image_folder)
 
 @pytest.mark.parametrize("batch_size, limit", [(30, None), (32, None), (30, 4), (30, 0.5)])
 def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, limit):
-    datamodule = ImageDataModule(data_dir=str(image_folder), batch_size=batch_size)
-    model = CIFARClassifier(width=8)
+    datamodule = ImageDataModule(DataOptions(data_dir=str(image_folder), batch_size=batch_size))
+    model = CIFARClassifier(ModelOptions(width=8))
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=limit, limit_val_batches=0, accelerator="cpu",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, max_steps=1)
@@ -78,7 +80,7 @@ def test_total_steps_agree_with_lightnings_estimate(image_folder, batch_size, li
 
 
 def test_lr_scales_with_the_global_batch():
-    model = CIFARClassifier(lr=0.2, lr_reference_batch_size=256, batch_size=512)
+    model = CIFARClassifier(ModelOptions(lr=0.2, lr_reference_batch_size=256, batch_size=512))
 
     class FakeTrainer:
         world_size = 4
@@ -105,5 +107,5 @@ def test_schedule_rebuilt_over_a_longer_run_keeps_the_step():
 
 def test_one_batch_size_flag_sets_the_loaders_and_the_lr_scaling():
     options = parse_options(["--batch-size", "512"])
-    assert CIFARClassifier(**options.model_kwargs()).hparams.batch_size == 512
-    assert ImageDataModule(**options.data_kwargs()).hparams.batch_size == 512
+    assert CIFARClassifier(options.model).hparams.batch_size == 512
+    assert ImageDataModule(options.data).hparams.batch_size == 512

@@ -10,6 +10,7 @@ run's. What is left is the loop itself: no callbacks, logging, checkpoints or ho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.hardware.timing import cudnn_autotune, peak_memory_mb, steady_throughput, synchronize
-from cifar_lit.run.config import Options
+from cifar_lit.run.options import Options
 from cifar_lit.run.stop_at_target import resolve_target
 from cifar_lit.training.compile_warmup import warm_up
 from cifar_lit.training.metrics import EvaluationSums
@@ -39,7 +40,7 @@ def evaluate(module: CIFARClassifier, datamodule: ImageDataModule, context: Any)
     """The test set through the DataModule's evaluation transform and the module's evaluation step, as the Trainer's
     validation runs them."""
     module.eval()
-    sums = EvaluationSums(module.hparams.num_classes).to(next(module.parameters()).device)
+    sums = EvaluationSums(module.num_classes).to(next(module.parameters()).device)
     for images, labels in datamodule.val_dataloader():
         inputs = datamodule.eval_transform(images)
         with context():
@@ -59,14 +60,14 @@ def bare_training_run(options: Options, device: str | torch.device, precision: s
     device = torch.device(device)
     torch.manual_seed(options.run.seed)
     torch.backends.cudnn.benchmark = cudnn_autotune(options.run.deterministic)  # as the Trainer sets it
-    datamodule = ImageDataModule(**options.data_kwargs(data_on_device=True, data_path="tensor"))
+    datamodule = ImageDataModule(dataclasses.replace(options.data, data_on_device=True, data_path="tensor"))
     datamodule.use_without_trainer(device, precision)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = CIFARClassifier(**options.model_kwargs(num_classes=len(datamodule.class_names))).to(device)
+    module = CIFARClassifier(options.model, num_classes=len(datamodule.class_names)).to(device)
     module.configure_model()  # channels_last and the compiled steps, as the Trainer's set-up does
     context = precision_context(device, precision)
-    warmup_seconds = warm_up(module, datamodule, context) if module.hparams.compile else 0.0
+    warmup_seconds = warm_up(module, datamodule, context) if module.options.compile else 0.0
 
     epoch_box = [0]
     loader = datamodule.train_dataloader()

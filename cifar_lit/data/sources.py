@@ -74,6 +74,14 @@ def expected_image_counts(data_dir: Path) -> tuple[int, int]:
     return 50_000, 10_000
 
 
+def expected_device_bytes(data_dir: str | Path, crop_padding: int) -> int:
+    """What the data set will take on the device as uint8 tensors (the training set padded for the crop), from the
+    folder's listing alone: the hardware plan needs it before any image is read."""
+    train, test = expected_image_counts(Path(data_dir).expanduser())
+    padded = IMAGE_SIZE + 2 * crop_padding
+    return train * padded * padded * 3 + test * IMAGE_SIZE * IMAGE_SIZE * 3 + (train + test) * 8
+
+
 def expected_class_count(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine") -> int:
     """The classes the data set will have, without reading it: CIFAR-100's 100 (20 coarse), an image folder's class
     folders, else CIFAR-10's 10 (also for a copy still to be downloaded). The memory estimate needs it first."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
+
+log = logging.getLogger(__name__)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -22,3 +28,15 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def normalization_for(kind: str, is_cifar10: bool, train_images: np.ndarray
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for `--normalization kind`: "auto" takes CIFAR-10's published constants for CIFAR-10 and measures
+    any other data set's training images; "cifar10" and "computed" force one or the other."""
+    if kind == "computed" or (kind == "auto" and not is_cifar10):
+        mean, std = channel_stats(train_images)
+        log.info("Normalization measured on the %d training images: mean %s, std %s", len(train_images),
+                 tuple(round(v, 4) for v in mean), tuple(round(v, 4) for v in std))
+        return mean, std
+    return CIFAR10_MEAN, CIFAR10_STD

@@ -67,7 +67,7 @@ class MemoryEstimate:
                 f"{WORKSPACE_MARGIN / GB:.2f})")
 
 
-def estimate(model: str, width: int, num_classes: int, batch_size: int, eval_batch_size: int, precision: str,
+def estimate(model: str, width: int, num_classes: int, *, batch_size: int, eval_batch_size: int, precision: str,
              ema: bool, data_bytes: int) -> MemoryEstimate:
     """What one training process needs on its device (see the module's docstring); `data_bytes` is 0 when the data
     set stays in host memory."""
@@ -91,8 +91,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 @contextmanager
-def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, batch_size: int, eval_batch_size: int,
-                           data_on_device: bool) -> Iterator[None]:
+def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, *, batch_size: int, eval_batch_size: int,
+                           data_on_device: bool | None) -> Iterator[None]:
     """Turn running out of device memory anywhere in the block into one DeviceOutOfMemory paragraph."""
     try:
         yield
@@ -100,11 +100,12 @@ def out_of_memory_as_error(device: Device, needed: MemoryEstimate | None, batch_
         if isinstance(error, UserError) or not is_out_of_memory(error):
             raise
         free, total = free_memory(device)
-        raise DeviceOutOfMemory(out_of_memory_message(device.describe(), free, total, needed, batch_size,
-                                                      eval_batch_size, data_on_device)) from None
+        raise DeviceOutOfMemory(out_of_memory_message(
+            device.describe(), free_bytes=free, total_bytes=total, needed=needed, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, data_on_device=bool(data_on_device))) from None
 
 
-def out_of_memory_message(device: str, free_bytes: int | None, total_bytes: int | None,
+def out_of_memory_message(device: str, *, free_bytes: int | None, total_bytes: int | None,
                           needed: MemoryEstimate | None, batch_size: int, eval_batch_size: int,
                           data_on_device: bool) -> str:
     free = "" if free_bytes is None else f"{free_bytes / GB:.1f} GB free"

@@ -30,7 +30,7 @@ from cifar_lit.hardware.devices import (
     probe_mps,
 )
 from cifar_lit.hardware.memory import GB, MemoryEstimate, estimate
-from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL, build_model
 from cifar_lit.reliability.errors import ConfigError
 
 PLANNED = ("precision", "compile", "channels_last", "fused_sgd", "data_on_device")
@@ -43,13 +43,14 @@ MIN_DRIVER = {11: 450, 12: 525, 13: 580}
 OLDER_GPU_WHEEL = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cu126"
 KEEP_PREINSTALLED = "on Colab or Kaggle keep the preinstalled torch: pip install -e . (without -c constraints.txt)"
 DATA_SHARE = 0.9  # of the free memory, at most, for the data set and the run together
+ONEDNN_NHWC_MIN_CHANNELS = 8  # measured: below it oneDNN 3.12's AVX2 strided 1x1 backward fails in NHWC
 
 
 class HardwareError(ConfigError):
     """This machine cannot run the installed torch on its GPU, or cannot give what a flag asked for."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HardwareRequest:
     """What a run asks of the machine: the options the plan reads, by name and type. None leaves a choice to the
     plan; `compile_is_a_flag` tells `--compile` on the command line (refused where it cannot work) from a preset's
@@ -72,7 +73,7 @@ class HardwareRequest:
     ema: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HardwarePlan:
     """What a run gets (see the module docstring); `reasons` says why, per decision."""
 
@@ -294,6 +295,26 @@ def compile_support(device: Device) -> tuple[bool, str]:
     return True, f"Inductor's C++ backend ({compiler})"
 
 
+def narrowest_strided_pointwise(model: str, width: int) -> int | None:
+    """The fewest input channels of any strided 1x1 convolution (a ResNet's downsampling shortcut) in the network
+    `model` of `width`, built on the meta device; None when it has none."""
+    with torch.device("meta"):
+        network = build_model(model, 10, width)
+    return min((conv.in_channels for conv in network.modules() if isinstance(conv, torch.nn.Conv2d)
+                and conv.kernel_size == (1, 1) and conv.stride != (1, 1)), default=None)
+
+
+def cpu_layout_hangs(request: HardwareRequest) -> str | None:
+    """Why channels_last would crash or hang this network on the CPU, or None. oneDNN's AVX2 kernel of a strided 1x1
+    convolution's weight gradient fails in NHWC below 8 input channels (docs/cpu_channels_last.md)."""
+    narrowest = narrowest_strided_pointwise(request.model, request.width)
+    if narrowest is None or narrowest >= ONEDNN_NHWC_MIN_CHANNELS:
+        return None
+    return (f"oneDNN's NHWC backward of a strided 1x1 convolution crashes or hangs with fewer than "
+            f"{ONEDNN_NHWC_MIN_CHANNELS} input channels on AVX2 CPUs, and --width {request.width} gives "
+            f"{request.model}'s shortcut {narrowest}")
+
+
 def choose_channels_last(device: Device) -> tuple[bool, str]:
     if device.kind == "cuda" and device.capability and device.capability >= (7, 0):
         return True, "tensor-core convolutions run NHWC"
@@ -344,18 +365,26 @@ def plan_hardware(request: HardwareRequest, data_bytes: int = 0, with_memory: bo
     reasons.update(compile=why if compile_ else f"the config asks for it, but {why}: eager instead" if request.compile
                    else "not asked for (--compile or a compiling preset turns it on)")
     channels_last = chosen("channels_last", request.channels_last, choose_channels_last(device))
+    hangs = cpu_layout_hangs(request) if device.kind == "cpu" and channels_last else None
+    if hangs and request.channels_last:
+        raise HardwareError(f"--channels-last cannot work here: {hangs}. Drop --channels-last, or use --width "
+                            f"{ONEDNN_NHWC_MIN_CHANNELS} or more.")
+    if hangs:
+        channels_last, reasons["channels_last"] = False, f"NCHW: {hangs}"
     fused_sgd = chosen("fused_sgd", request.fused_sgd, choose_fused_sgd(device, precision))
 
     def memory_for(data: int) -> MemoryEstimate:
-        return estimate(request.model, request.width, request.num_classes, request.batch_size,
-                        request.eval_batch_size, precision, request.ema, data)
+        return estimate(request.model, request.width, request.num_classes, batch_size=request.batch_size,
+                        eval_batch_size=request.eval_batch_size, precision=precision, ema=request.ema,
+                        data_bytes=data)
 
     memory = memory_for(data_bytes)
     data_on_device = chosen("data_on_device", request.data_on_device, place_data(device, memory))
     if not data_on_device:
         memory = memory_for(0)
-    return HardwarePlan(accelerator, devices, device, precision, compile_, channels_last, fused_sgd, data_on_device,
-                        memory, reasons)
+    return HardwarePlan(accelerator=accelerator, devices=devices, device=device, precision=precision,
+                        compile=compile_, channels_last=channels_last, fused_sgd=fused_sgd,
+                        data_on_device=data_on_device, memory=memory, reasons=reasons)
 
 
 def place_data(device: Device, memory: MemoryEstimate) -> tuple[bool, str]:

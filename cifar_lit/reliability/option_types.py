@@ -8,9 +8,11 @@ numbers, so configs and checkpoints hold only built-in types.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
-from typing import Any, Literal, Union
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union
 
 from jsonargparse.typing import (
     ClosedUnitInterval,
@@ -48,7 +50,10 @@ ALLOWED: dict[Any, str] = {
 }
 
 __all__ = ["ALLOWED", "ClosedUnitInterval", "Epochs", "Fraction", "FractionBelowOne", "NonNegativeFloat",
-           "NonNegativeInt", "OpenUnitInterval", "PositiveFloat", "PositiveInt", "Seed", "allowed_values", "plain"]
+           "NonNegativeInt", "OpenUnitInterval", "PositiveFloat", "PositiveInt", "Seed", "allowed_values",
+           "from_values", "plain"]
+
+Group = TypeVar("Group")
 
 
 def allowed_values(annotation: Any) -> str | None:
@@ -74,3 +79,10 @@ def plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     return value
+
+
+def from_values(group: type[Group], values: Mapping[str, Any]) -> Group:
+    """An options dataclass from flat saved keys (a config.yaml, a checkpoint's hyperparameters): the keys it has, its
+    defaults for the ones a file of an older run lacks. Keys of other groups are left to them."""
+    names = {field.name for field in dataclasses.fields(group)}  # type: ignore[arg-type]
+    return group(**{key: plain(value) for key, value in values.items() if key in names})

@@ -190,7 +190,7 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
             save_figure(gradcam_grid_figure(pictures, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true,
                                             predicted.tolist(), cams["confidence"].tolist(), classes,
                                             f"Grad-CAM ({gradcam_layer}): {title}"), out / f"gradcam_{kind}.png")
-    write_model_summary(out, model.module.hparams.model, model.module.hparams.width, len(classes))
+    write_model_summary(out, model.module.options.model, model.module.options.width, len(classes))
     run_dir = run_dir_of(checkpoint)
     curves = run_dir / "metrics.csv" if run_dir else None
     if curves is not None and curves.is_file():

@@ -75,8 +75,8 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
     torch.save(weights, buffer)
     write_bytes_atomic(folder / "model.pt", buffer.getvalue())
     summary = run_summary(checkpoint)
-    hparams = model.module.hparams
-    info = {"title": f"CIFAR {hparams.model} (width {hparams.width})",
+    recipe = model.module.options
+    info = {"title": f"CIFAR {recipe.model} (width {recipe.width})",
             "dataset": NAMES.get(model.dataset or "", "image folder"),
             "test_acc": summary.get("test_acc"), "command": summary.get("command"), "checkpoint": Path(checkpoint).name}
     examples, gallery = [], []
@@ -92,7 +92,7 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
             caption = f"true: {names[test.labels[index]]} / pred: {names[predictions[index]]}"
             gallery.append((save_picture(folder / "gallery" / f"{index:06d}.png", test.images[index]), caption))
         info["test_acc"] = info["test_acc"] if info["test_acc"] is not None else float(1 - wrong.mean())
-    meta = {"model": hparams.model, "width": hparams.width, "class_names": names, "mean": list(model.mean),
+    meta = {"model": recipe.model, "width": recipe.width, "class_names": names, "mean": list(model.mean),
             "std": list(model.std), "info": info,
             "examples": [str(Path(path).relative_to(folder)) for path in examples],
             "gallery": [[str(Path(path).relative_to(folder)), caption] for path, caption in gallery]}

@@ -41,7 +41,7 @@ class PredictionGrids(RunFolderCallback):
     misclassified.png, correct.png, gradcam_misclassified.png and gradcam_correct.png in the run folder. Works with
     fewer than `max_images` of either kind; rank zero only; its time counts as the reports phase."""
 
-    def __init__(self, class_names: Sequence[str], max_images: int = 30, every_n_epochs: int = 1,
+    def __init__(self, class_names: Sequence[str], *, max_images: int = 30, every_n_epochs: int = 1,
                  run_dir: Path | None = None, gradcam_layer: str | None = DEFAULT_LAYER) -> None:
         super().__init__(run_dir)
         self.class_names = tuple(class_names)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,15 +12,16 @@ from torch.nn import functional as F
 
 from cifar_lit.data.augment import normalize, scale_and_shift
 from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
-from cifar_lit.data.datamodule import ImageDataModule
+from cifar_lit.data.options import DataOptions
 from cifar_lit.data.pixels import read_picture
 from cifar_lit.reliability.checkpoints import check_compatible, datamodule_state, load_checkpoint
 from cifar_lit.reliability.errors import CheckpointError, DataError
+from cifar_lit.reliability.option_types import from_values
 from cifar_lit.training.metrics import EvaluationSums, evaluate_batch
 from cifar_lit.training.module import TOP5_ABOVE_CLASSES, CIFARClassifier
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainedModel:
     """A network restored from a checkpoint, with the normalization and class names it was trained with."""
 
@@ -35,12 +34,10 @@ class TrainedModel:
     dataset: str | None = None
 
     @property
-    def data_options(self) -> SimpleNamespace:
-        """How the run read its data, by name: the DataModule's arguments it saved, its defaults for any a checkpoint
-        from an older run lacks."""
-        parameters = inspect.signature(ImageDataModule.__init__).parameters
-        defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
-        return SimpleNamespace(**{**defaults, **self.datamodule_hparams})
+    def data_options(self) -> DataOptions:
+        """How the run read its data: the DataModule's options it saved, their defaults where a checkpoint from an
+        older run lacks one."""
+        return from_values(DataOptions, self.datamodule_hparams)
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
@@ -49,15 +46,14 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> Traine
     checkpoint = load_checkpoint(path, resuming=False)
     check_compatible(checkpoint, path, use="evaluate")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
-    known = inspect.signature(CIFARClassifier.__init__).parameters
-    module = CIFARClassifier(**{k: v for k, v in hparams.items() if k in known and k != "compile"})
+    module = CIFARClassifier.from_hyperparameters(hparams, compile=False)
     # check_compatible has matched every network weight; metric running sums (kept for resuming) may be absent
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     module.to(device).eval()
     data = datamodule_state(checkpoint)
     classes = tuple(data.get("class_names") or CIFAR10_CLASSES)  # checkpoints before other data sets: CIFAR-10
-    if len(classes) != module.hparams.num_classes:
-        raise CheckpointError(f"{path} lists {len(classes)} class names for a network of {module.hparams.num_classes}"
+    if len(classes) != module.num_classes:
+        raise CheckpointError(f"{path} lists {len(classes)} class names for a network of {module.num_classes}"
                               " outputs; it was not written by cifar_lit. Use a checkpoint of a cifar_lit run.")
     return TrainedModel(
         module=module,

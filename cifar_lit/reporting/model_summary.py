@@ -43,5 +43,5 @@ class ModelSummaryFile(RunFolderCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.run_dir is not None:
             with phase("reports"):
-                hparams = pl_module.hparams
-                write_model_summary(self.run_dir, hparams.model, hparams.width, hparams.num_classes)
+                recipe = pl_module.options
+                write_model_summary(self.run_dir, recipe.model, recipe.width, pl_module.num_classes)

@@ -23,7 +23,7 @@ class AugmentationPreview(pl.Callback):
         datamodule = trainer.datamodule
         writer = tensorboard_writer(trainer)
         if writer is None or trainer.global_step != 0 or not trainer.is_global_zero or \
-                datamodule.hparams.data_path != "tensor":
+                datamodule.options.data_path != "tensor":
             return
         # Under the training loop's own grad mode: the compiled augmentation is guarded on it (no_grad here would
         # compile it again); its uint8 input needs no gradient anyway.

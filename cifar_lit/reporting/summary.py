@@ -41,7 +41,7 @@ class RunSummary(RunFolderCallback):
     The summary is kept in `summary` for the caller's closing line (rank zero only).
     """
 
-    def __init__(self, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
+    def __init__(self, *, config: dict[str, Any], command: str, commit: str | None, clock: PhaseClock, timer: Timer,
                  stop: TargetRecord, best: ModelCheckpoint, history: EpochHistory, warmup: CompileWarmup,
                  skipped: SkippedSteps, hardware: HardwarePlan, target: tuple[float | None, str],
                  class_names: tuple[str, ...], run_dir: Path | None = None) -> None:
@@ -104,8 +104,8 @@ class RunSummary(RunFolderCallback):
             "device": device_description(trainer.strategy.root_device),
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
-            "model": trainer.lightning_module.hparams.model,
-            "width": trainer.lightning_module.hparams.width,
+            "model": trainer.lightning_module.options.model,
+            "width": trainer.lightning_module.options.width,
             "dataset": getattr(getattr(trainer.datamodule, "dataset", None), "kind", None),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),

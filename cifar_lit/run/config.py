@@ -1,199 +1,29 @@
-"""Command-line flags and YAML configs for train.py, parsed by jsonargparse.
+"""Command-line flags and YAML configs for train.py, parsed by jsonargparse into one typed `Options`.
 
-The training options are read from the signatures and docstrings of CIFARClassifier and ImageDataModule, so
-every constructor argument is a flag (`--batch-size`) and a config key (`batch_size:`) with the same default and
-help text; only the run-level options are declared here. Later sources override earlier ones:
-defaults < `--config` files (in order) < command-line flags.
+Every field of the declared option groups (`RunOptions`, `ModelOptions`, `DataOptions`) is a flag (`--batch-size`)
+and a config key (`batch_size:`) with its type, default and the help of its docstring's `Args:` line. Later sources
+override earlier ones: defaults < `--config` files (in order) < command-line flags.
 """
 
 from __future__ import annotations
 
-import inspect
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
-from dataclasses import replace as dataclass_replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import docstring_parser
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.hardware.plan import PLAN_DECIDES, HardwarePlan, HardwareRequest
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import write_text_atomic
-from cifar_lit.reliability.option_types import (
-    Epochs,
-    Fraction,
-    NonNegativeInt,
-    OpenUnitInterval,
-    PositiveInt,
-    Seed,
-    allowed_values,
-    plain,
-)
+from cifar_lit.reliability.option_types import allowed_values, plain
 from cifar_lit.reliability.run_folder import RunFolderCallback
-from cifar_lit.training.module import CIFARClassifier
-
-Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
-
-
-@dataclass
-class RunOptions:
-    """Options a config file may hold that belong to the run, not to the network or the data.
-
-    Args:
-        gpus: GPUs to train on, 0 for the CPU; short for --accelerator gpu --devices N (default: one GPU if any,
-            else CPU)
-        accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps
-        devices: devices per node (an int, or 'auto' for all)
-        num_nodes: machines to train on (DDP)
-        strategy: Lightning strategy, e.g. ddp (auto: ddp when there are several devices)
-        sync_batchnorm: with several devices, compute batch-norm statistics over the global batch
-        precision: numeric precision (default: the hardware plan decides: bf16-mixed where bf16 is native, 16-mixed
-            on older GPUs, 32-true on the CPU)
-        max_epochs: epochs at most; training stops earlier when --target-acc is reached
-        limit_train_batches: train on at most this many batches per epoch (quick checks)
-        target_acc: stop as soon as validation accuracy reaches this fraction (default: 0.85 on CIFAR-10; on other
-            data sets the whole schedule runs)
-        resume: checkpoint to resume from, or 'last' for the newest last.ckpt under --logdir
-        fast_dev_run: run one batch of training, validation and test, write nothing, then stop
-        find_lr: run the LR range test (Lightning's Tuner.lr_find on a throwaway Trainer), write
-            <logdir>/lr_find_N/lr_find.png and .json, print the suggested --lr, and stop
-        lr_find_steps: steps of the LR range test
-        dry_run: print the hardware plan (device, precision, compile, data placement, memory) and the run folder,
-            then exit without reading data, compiling or writing anything
-        logdir: folder of the runs (version_N/ with TensorBoard logs and checkpoints)
-        deterministic: use deterministic algorithms (bit-identical reruns; slower on GPUs)
-        ckpt_every_n_epochs: refresh last.ckpt after every N epochs; 0: only when training ends or a signal stops it
-            (fewer writes, but a kill -9 then loses everything trained so far)
-        ckpt_every_n_steps: also refresh last.ckpt every N training steps (0: only at epoch ends)
-        best_weights_only: best-*.ckpt holds the weights only, not the optimizer state: half the bytes per save
-            (resume from last.ckpt)
-        log_every_n_steps: how often step-level scalars are written
-        progress_bar: show Lightning's progress bar
-        sanity_val_steps: validation batches run before training as a sanity check
-        grid_images: images in each misclassified/correct grid, spread over the classes (0: no grids)
-        grid_every_n_epochs: log the validation grids every N epochs (0: only after testing)
-        gradcam_layer: layer whose Grad-CAM maps are drawn over the grids' images (e.g. layer3, layer3.1, layer4;
-            null: none)
-        compile_cache: folder where torch.compile keeps its work between runs (a second run reuses it: a warm
-            start); delete it to compile from scratch
-        ema_decay: keep an exponential moving average of the weights with this decay and evaluate with it (e.g.
-            0.999); off by default
-    """
-
-    gpus: Optional[NonNegativeInt] = None
-    accelerator: str = "auto"
-    devices: Union[int, str] = 1
-    num_nodes: PositiveInt = 1
-    strategy: str = "auto"
-    sync_batchnorm: bool = False
-    precision: Optional[Precision] = None
-    max_epochs: Epochs = 10
-    limit_train_batches: Optional[PositiveInt] = None
-    target_acc: Optional[Fraction] = None
-    seed: Seed = 0
-    resume: Optional[str] = None
-    fast_dev_run: bool = False
-    find_lr: bool = False
-    lr_find_steps: PositiveInt = 100
-    dry_run: bool = False
-    logdir: str = "lightning_logs"
-    deterministic: bool = False
-    ckpt_every_n_epochs: NonNegativeInt = 1
-    ckpt_every_n_steps: NonNegativeInt = 0
-    best_weights_only: bool = False
-    log_every_n_steps: PositiveInt = 50
-    progress_bar: bool = True
-    sanity_val_steps: NonNegativeInt = 2
-    grid_images: NonNegativeInt = 30
-    grid_every_n_epochs: NonNegativeInt = 1
-    gradcam_layer: Optional[str] = "layer3"
-    compile_cache: str = "~/.cache/cifar_lit/compile"
-    ema_decay: Optional[OpenUnitInterval] = None
-
-
-NOT_CONFIGURABLE = {"self", "num_classes"}  # the class count comes from the data
-
-
-def constructor_fields(cls: type) -> list[tuple[str, Any, Any]]:
-    """(name, type, default) of each configurable constructor argument of `cls`."""
-    hints, parameters = typing.get_type_hints(cls.__init__), inspect.signature(cls.__init__).parameters
-    return [(name, hints[name], parameter.default) for name, parameter in parameters.items()
-            if name not in NOT_CONFIGURABLE]
-
-
-def options_of(cls: type) -> type:
-    """A dataclass of `cls`'s constructor arguments: the typed group of options that builds it."""
-    return make_dataclass(f"{cls.__name__}Options", [(name, annotation, field(default=default))
-                                                     for name, annotation, default in constructor_fields(cls)])
-
-
-ModelOptions = options_of(CIFARClassifier)
-DataOptions = options_of(ImageDataModule)
-GROUPS = {"run": RunOptions, "model": ModelOptions, "data": DataOptions}
-
-
-@dataclass
-class Options:
-    """Every option of a run, by group: `run` (RunOptions), `model` (CIFARClassifier's arguments) and `data`
-    (ImageDataModule's). An option both classes take (batch_size, seed, channels_last, compile) is in both groups
-    with one value. The flat dict of the config keys exists only for YAML and JSON (`as_dict`, `from_dict`)."""
-
-    run: RunOptions
-    model: Any  # ModelOptions
-    data: Any  # DataOptions
-    config: list[str] = field(default_factory=list)  # the --config files, in the order they were given
-    given: set[str] = field(default_factory=set)  # the keys command-line flags set (not config files)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Options:
-        """From flat config keys (a parsed command line, a config.yaml): each group takes the keys it has."""
-        groups = {name: kind(**{f.name: values[f.name] for f in fields(kind) if f.name in values})
-                  for name, kind in GROUPS.items()}
-        return cls(**groups, config=[str(path) for path in values.get("config") or []])
-
-    def as_dict(self) -> dict[str, Any]:
-        """The flat config keys, as config.yaml and summary.json hold them."""
-        flat: dict[str, Any] = {"config": list(self.config)}
-        for group in (self.run, self.model, self.data):
-            flat.update(asdict(group))
-        return flat
-
-    def replace(self, **changes: Any) -> Options:
-        """A copy with `changes` applied to every group that has the key; an unknown key is a KeyError."""
-        unknown = set(changes) - {f.name for kind in GROUPS.values() for f in fields(kind)}
-        if unknown:
-            raise KeyError(f"no option named {', '.join(sorted(unknown))}")
-
-        def changed(group: Any) -> Any:
-            names = {f.name for f in fields(group)}
-            return dataclass_replace(group, **{key: value for key, value in changes.items() if key in names})
-
-        return Options(changed(self.run), changed(self.model), changed(self.data), list(self.config), set(self.given))
-
-    def hardware_request(self, num_classes: int = 10) -> HardwareRequest:
-        """What this run asks of the machine (`hardware.plan`)."""
-        run, model, data = self.run, self.model, self.data
-        return HardwareRequest(run.gpus, run.accelerator, run.devices, run.precision, bool(model.compile),
-                               "compile" in self.given, model.channels_last, model.fused_sgd, data.data_on_device,
-                               model.model, model.width, num_classes, model.batch_size, data.eval_batch_size,
-                               bool(run.ema_decay))
-
-    def with_plan(self, hardware: HardwarePlan) -> Options:
-        """The options with the plan's decisions in place of what they left to it."""
-        return self.replace(**hardware.decided())
-
-    def model_kwargs(self, **extra: Any) -> dict[str, Any]:
-        return {**asdict(self.model), **extra}
-
-    def data_kwargs(self, **extra: Any) -> dict[str, Any]:
-        return {**asdict(self.data), **extra}
+from cifar_lit.run.options import GROUPS, Options
 
 
 def _docstring_help(cls: type) -> dict[str, str]:
@@ -205,25 +35,14 @@ def flag(name: str) -> str:
 
 
 def all_options() -> list[tuple[str, Any, Any, str]]:
-    """(name, type, default, help) of every configurable key once: run options first, then model and data options
-    (shared names merged). The options the hardware plan decides default to None here (the classes keep their own
-    defaults for library use)."""
+    """(name, type, default, help) of every config key once, as the groups declare them: run options first, then
+    model and data options (a key two groups share where it first comes)."""
     seen: dict[str, tuple[str, Any, Any, str]] = {}
-    for cls in (RunOptions, CIFARClassifier, ImageDataModule):
-        helps = _docstring_help(cls)
-        fields_of = ([(f.name, typing.get_type_hints(cls)[f.name], f.default) for f in fields(cls)]
-                     if cls is RunOptions else constructor_fields(cls))
-        for name, annotation, default in fields_of:
-            seen.setdefault(name, (name, annotation, default, helps.get(name, "")))
-    key, annotation, default, help_text = seen["lr"]
-    seen["lr"] = (key, Union[annotation, Literal["auto"]], default,
-                  f"{help_text.rstrip('.')}; auto: run the LR range test (--find-lr) first and train with its "
-                  "suggestion")
-    for name in PLAN_DECIDES:
-        key, annotation, _, help_text = seen[name]
-        if "hardware plan" not in help_text:
-            help_text = f"{help_text.rstrip('.')} (default: the hardware plan decides, see --dry-run)"
-        seen[name] = (key, Optional[annotation], None, help_text)
+    for group in GROUPS.values():
+        helps, hints = _docstring_help(group), typing.get_type_hints(group)
+        for option in fields(group):
+            seen.setdefault(option.name, (option.name, hints[option.name], option.default,
+                                          helps.get(option.name, "")))
     return list(seen.values())
 
 
@@ -354,8 +173,8 @@ def flags_given(argv: Sequence[str]) -> set[str]:
 
 def parse_options(argv: Sequence[str]) -> Options:
     """Every option, config files and flags applied (flags over files wherever they stand), each value checked
-    against its type's range by jsonargparse; ConfigError on any problem. `Options.given` holds the keys set by
-    flags, not by config files."""
+    against its type's range by jsonargparse; ConfigError on any problem. `Options.given` holds the keys the command
+    line set (its flags and config files), `Options.flags` those its flags set."""
     argv = config_files_first(argv)
     check_config_files(argv)
     try:
@@ -369,9 +188,19 @@ def parse_options(argv: Sequence[str]) -> Options:
         )) from None
     values = {key: plain(value) for key, value in namespace.as_dict().items()}
     check_not_null(values)
-    options = Options.from_dict(values)
-    options.given = flags_given(argv)
-    return options
+    flags = flags_given(argv)
+    from_files = {key for path in config_paths(argv) for key in yaml.safe_load(Path(path).read_text()) or {}}
+    return Options.from_dict(values, given=flags | from_files, flags=flags)
+
+
+def check_options(options: Options) -> None:
+    """Options built in Python (`Options.of`, a sweep's trial) checked as the parser checks a command line: each
+    value against its type's range; ConfigError naming the first one refused."""
+    values = options.as_dict()
+    check_not_null(values)
+    problem = refused_value([(key, value) for key, value in values.items() if key != "config"])
+    if problem:
+        raise ConfigError(problem)
 
 
 class ConfigRecord(RunFolderCallback):

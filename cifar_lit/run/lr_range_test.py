@@ -23,6 +23,7 @@ Results: `lr_find.png` (loss against LR, log scale, the suggestion marked) and `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,9 +43,10 @@ from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.run_folder import next_version_dir
 from cifar_lit.reporting.plots import lr_find_figure, save_figure
 from cifar_lit.reporting.provenance import device_description, versions
-from cifar_lit.run.config import Options
+from cifar_lit.run.options import Options
 from cifar_lit.run.trainer import precision_settings
 from cifar_lit.training.module import CIFARClassifier
+from cifar_lit.training.options import ModelOptions
 
 log = logging.getLogger("cifar_lit")
 
@@ -109,8 +111,8 @@ class SweepClassifier(CIFARClassifier):
     its own for the sweep: before each step the groups keep their LR ratios, after it the raw loss is kept (the sweep
     reads every loss anyway) and the groups' LRs with it."""
 
-    def __init__(self, group_ratios: list[float], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, options: ModelOptions, num_classes: int, group_ratios: list[float]) -> None:
+        super().__init__(options, num_classes)
         self.group_ratios = group_ratios
         self.sweep_losses: list[float] = []
         self.sweep_group_lrs: list[list[float]] = []
@@ -124,7 +126,7 @@ class SweepClassifier(CIFARClassifier):
         self.sweep_losses.append(float(loss) if loss is not None else float("nan"))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RangeTest:
     lrs: list[float]
     losses: list[float]  # smoothed (centred average)
@@ -182,8 +184,8 @@ def run_range_test(options: Options, hardware: HardwarePlan, datamodule: ImageDa
     """Sweep on a fresh network (eager, one device), write lr_find.png and lr_find.json into `out`."""
     # The sweep sets the LR itself (1.0 is a placeholder for `--lr auto`); it runs eager, on one device.
     num_classes = len(datamodule.class_names)
-    kwargs = options.model_kwargs(lr=1.0, compile=False, compile_warmup=False, num_classes=num_classes)
-    model = SweepClassifier([1.0, options.model.norm_bias_lr_scale], **kwargs)
+    recipe = dataclasses.replace(options.model, lr=1.0, compile=False, compile_warmup=False)
+    model = SweepClassifier(recipe, num_classes, [1.0, options.model.norm_bias_lr_scale])
     precision, plugins = precision_settings(hardware)
     steps = options.run.lr_find_steps
     # As many epochs as the steps need: the sweep re-reads a small training set instead of stopping short.
@@ -204,10 +206,13 @@ def run_range_test(options: Options, hardware: HardwarePlan, datamodule: ImageDa
     global_batch = options.model.batch_size  # one device in the sweep, and what --lr is scaled by per device count
     reference = options.model.lr_reference_batch_size
     flag_lr = None if suggested is None else suggested * (reference / global_batch if reference else 1.0)
-    result = RangeTest(lrs.tolist(), verdict["losses"].tolist(), raw.tolist(), suggested, flag_lr,
-                       finder.suggestion(), global_batch, reference, len(lrs), steps, guess, verdict["lowest_loss"],
-                       verdict["lowest_loss_lr"], verdict["problem"], verdict["stopped"], str(out),
-                       model.sweep_group_lrs[: len(lrs)], device_description(hardware.device.torch_device))
+    result = RangeTest(lrs=lrs.tolist(), losses=verdict["losses"].tolist(), raw_losses=raw.tolist(),
+                       suggested_lr=suggested, suggested_flag_lr=flag_lr, lightning_suggestion=finder.suggestion(),
+                       global_batch=global_batch, lr_reference_batch_size=reference, steps=len(lrs), steps_asked=steps,
+                       guessing_loss=guess, lowest_loss=verdict["lowest_loss"],
+                       lowest_loss_lr=verdict["lowest_loss_lr"], problem=verdict["problem"],
+                       stopped=verdict["stopped"], folder=str(out), group_lrs=model.sweep_group_lrs[: len(lrs)],
+                       device=device_description(hardware.device.torch_device))
     out.mkdir(parents=True, exist_ok=True)
     title = f"LR range test: {len(lrs)} steps at batch {global_batch}"
     figure = lr_find_figure(lrs, verdict["losses"], suggested, title, result.lightning_suggestion, raw, guess)

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 
 from cifar_lit.data.datamodule import ImageDataModule
-from cifar_lit.data.sources import expected_class_count
+from cifar_lit.data.sources import expected_class_count, expected_device_bytes
 from cifar_lit.hardware.plan import HardwarePlan, plan_hardware
 from cifar_lit.reliability.disk import bytes_needed, check_free_space
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.run_folder import check_writable, launched_as_several_processes, next_free_version
 from cifar_lit.reporting.gradcam import network_layer
-from cifar_lit.run.config import Options, parse_options
 from cifar_lit.run.lr_range_test import RangeTest, suggest_lr
+from cifar_lit.run.options import Options
 from cifar_lit.run.resume import ResumePlan, check_resumed_data, plan_resume
 from cifar_lit.run.stop_at_target import Target, resolve_target
 from cifar_lit.training.module import CIFARClassifier
@@ -29,7 +28,7 @@ log = logging.getLogger("cifar_lit")
 LONG_WARMUP_EPOCHS = 20  # a warm-up longer than this usually means --max-epochs was meant for another schedule
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prepared:
     """A run ready to fit: its options (the plan's decisions and the chosen LR in place), what config.yaml records
     (the options as asked, with the chosen LR: a choice left to the plan stays null), the plan, the data, the network
@@ -51,16 +50,15 @@ def is_first_process() -> bool:
         os.environ.get("RANK", "0") == "0"
 
 
-def parse(argv: Sequence[str]) -> tuple[Options, ResumePlan | None]:
-    """The options of the command line, or of the resumed run under it; the data folder made absolute, so that
-    config.yaml names the same folder from wherever a resume or evaluate.py runs."""
-    options = parse_options(argv)
-    resume = plan_resume(options, argv) if options.run.resume else None
-    if resume is not None:
-        options = resume.options
-        if not resume.nothing_to_do or resume.test_only:
-            log.info("Resuming from %s%s", resume.checkpoint_path, ": training is complete, so only the test runs "
-                     "and the summary is written" if resume.test_only else "")
+def settle(asked: Options) -> tuple[Options, ResumePlan | None]:
+    """The options to run with: as asked, or for a `--resume` what the resumed run was trained with as this command
+    may change it; the data folder made absolute, so that config.yaml names the same folder from wherever a resume or
+    evaluate.py runs."""
+    resume = plan_resume(asked) if asked.run.resume else None
+    options = resume.options if resume is not None else asked
+    if resume is not None and (not resume.nothing_to_do or resume.test_only):
+        log.info("Resuming from %s%s", resume.checkpoint_path, ": training is complete, so only the test runs "
+                 "and the summary is written" if resume.test_only else "")
     return options.replace(data_dir=str(Path(options.data.data_dir).expanduser().absolute())), resume
 
 
@@ -69,8 +67,7 @@ def plan(options: Options) -> HardwarePlan:
     without kernels for it, --compile where Inductor cannot work) before any download or run folder."""
     data = options.data
     classes = expected_class_count(Path(data.data_dir), data.dataset, data.cifar100_labels)
-    hardware = plan_hardware(options.hardware_request(classes),
-                             ImageDataModule.expected_device_bytes(data.data_dir, data.crop_padding))
+    hardware = plan_hardware(options.hardware_request(classes), expected_device_bytes(data.data_dir, data.crop_padding))
     if is_first_process() and not options.run.dry_run:
         for line in hardware.lines():
             log.info(line)
@@ -99,13 +96,14 @@ def dry_run_report(hardware: HardwarePlan, options: Options, resumed_run_dir: Pa
 def prepare_data(options: Options, hardware: HardwarePlan, resume: ResumePlan | None) -> ImageDataModule:
     """The DataModule, its data read and checked: problems surface here, before any run folder exists."""
     pl.seed_everything(options.run.seed, workers=True, verbose=False)
-    datamodule = ImageDataModule(**options.data_kwargs())
+    datamodule = ImageDataModule(options.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     check_steps(datamodule, hardware, options)
     if resume is not None:
-        check_resumed_data(resume.checkpoint, datamodule.class_names, *datamodule.data_identity(),
-                           resume.checkpoint_path, datamodule.data_dir)
+        sizes, fingerprints = datamodule.data_identity()
+        check_resumed_data(resume.checkpoint, classes=datamodule.class_names, sizes=sizes, fingerprints=fingerprints,
+                           path=resume.checkpoint_path, data_dir=datamodule.data_dir)
     return datamodule
 
 
@@ -136,7 +134,7 @@ def choose_lr(options: Options, hardware: HardwarePlan, datamodule: ImageDataMod
 def build_network(options: Options, datamodule: ImageDataModule) -> tuple[CIFARClassifier, Target]:
     """The LightningModule for the data's classes and the run's target; a Grad-CAM layer without maps and a disk
     without room for the run's checkpoints are refused now, not after training."""
-    model = CIFARClassifier(**options.model_kwargs(num_classes=len(datamodule.class_names)))
+    model = CIFARClassifier(options.model, num_classes=len(datamodule.class_names))
     run = options.run
     if run.gradcam_layer:
         network_layer(model.model, run.gradcam_layer)
@@ -165,4 +163,5 @@ def prepare(asked: Options, hardware: HardwarePlan, resume: ResumePlan | None) -
         return None
     model, target = build_network(options, datamodule)
     recorded = asked.replace(lr=options.model.lr)
-    return Prepared(options, recorded, hardware, datamodule, model, target, resume, range_test)
+    return Prepared(options=options, recorded=recorded, hardware=hardware, datamodule=datamodule, model=model,
+                    target=target, resume=resume, range_test=range_test)

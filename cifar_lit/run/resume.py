@@ -1,16 +1,18 @@
-"""What `--resume` means for a run: which checkpoint, which run folder and config, and whether anything is left to do.
+"""What `--resume` means for a run: which checkpoint, which run folder, the options it continues with, and whether
+anything is left to do.
 
-Everything here happens before a Trainer exists, so a bad checkpoint is refused (CheckpointError) before any file
-is written.
+The options come from one place, what the run was trained with (`trained_options`: its config.yaml, or the copy its
+checkpoint carries when config.yaml is gone), with what this command line may change on top (`resumed_options`, by
+the declared lists below). Everything here happens before a Trainer exists, so a bad checkpoint or a contradicting
+flag is refused before any file is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,45 @@ from cifar_lit.reliability.checkpoints import (
 )
 from cifar_lit.reliability.errors import CheckpointError, ConfigError, DataError
 from cifar_lit.reporting.summary import SUMMARY_NAME
-from cifar_lit.run.config import Options, all_options, parse_options
+from cifar_lit.run.config import check_options, flag
+from cifar_lit.run.options import Options, option_names
 from cifar_lit.run.stop_at_target import REACHED_TOLERANCE, StopAtTarget, resolve_target
 
 log = logging.getLogger("cifar_lit")
 
-# Options that live in the optimizer and LR-scheduler state a checkpoint restores: new values cannot apply.
-OPTIMIZER_STATE_KEYS = ("lr", "lr_reference_batch_size", "momentum", "nesterov", "weight_decay",
-                        "norm_bias_weight_decay", "norm_bias_lr_scale")
+# Every option is in exactly one of these four lists (tests/test_resume_options.py checks it), so a new option is
+# placed on purpose.
+# What a resume takes from this command, never from the run it continues.
+FROM_THIS_COMMAND = ("resume", "dry_run", "find_lr", "fast_dev_run")
+# The training state depends on these: another value would train another network or continue the data order at the
+# wrong place, so a resume that gives one is refused.
+MUST_MATCH = {"model": "the network itself", "width": "the network's shape",
+              "batch_size": "where the data order continues"}
+TRAINED_BEFORE_THE_OPTION = {"model": DEFAULT_MODEL, "width": BASE_WIDTH}  # what a checkpoint that names none had
+# These live in the optimizer and LR-scheduler state the checkpoint restores: a new value cannot apply, and is
+# ignored with a warning (config.yaml keeps the value that trains).
+IN_OPTIMIZER_STATE = ("lr", "lr_reference_batch_size", "momentum", "nesterov", "weight_decay",
+                      "norm_bias_weight_decay", "norm_bias_lr_scale")
+# What this command line may change on resume: where and how long it trains, on which hardware, what it writes.
+MAY_CHANGE_ON_RESUME = (
+    # how long, and the target
+    "max_epochs", "limit_train_batches", "target_acc",
+    # the hardware and the numerics
+    "gpus", "accelerator", "devices", "num_nodes", "strategy", "sync_batchnorm", "precision", "deterministic",
+    "channels_last", "fused_sgd", "compile", "compile_mode", "compile_warmup", "compile_cache", "data_on_device",
+    "shard_train_data", "num_workers", "data_path", "eval_batch_size",
+    # where the data and the runs are
+    "data_dir", "dataset", "cifar100_labels", "resize", "download", "verify_checksums", "cache_dir", "logdir",
+    # the rest of the recipe, applied from the resumed step on
+    "seed", "label_smoothing", "schedule", "warmup_fraction", "lr_start_factor", "lr_end_factor", "flip_tta",
+    "crop_padding", "flip", "cutout", "val_split", "normalization", "ema_decay",
+    # what is written and shown
+    "ckpt_every_n_epochs", "ckpt_every_n_steps", "best_weights_only", "log_every_n_steps", "progress_bar",
+    "sanity_val_steps", "grid_images", "grid_every_n_epochs", "gradcam_layer", "lr_find_steps",
+)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ResumePlan:
     """A checkpoint to resume from, with the run folder it belongs to and the options to resume with."""
 
@@ -74,12 +104,6 @@ def restore_callback_states(callbacks: list[Callback], checkpoint: dict[str, Any
             callback.load_state_dict(states[callback.state_key])
 
 
-def ignored_on_resume(checkpoint: dict[str, Any], options: Options) -> list[str]:
-    """Options whose new values resuming cannot apply: they live in the restored optimizer and scheduler state."""
-    saved, now = checkpoint.get("hyper_parameters") or {}, asdict(options.model)
-    return [key for key in OPTIMIZER_STATE_KEYS if key in saved and saved[key] != now[key]]
-
-
 def nothing_left_to_do(checkpoint: dict[str, Any], target_acc: float | None, max_epochs: int,
                        path: Path) -> str | None:
     """A message when resuming `checkpoint` would not train at all (target already reached, or no epochs left)."""
@@ -100,55 +124,71 @@ def nothing_left_to_do(checkpoint: dict[str, Any], target_acc: float | None, max
     return None
 
 
-# What a resume takes from the flags of this process, never from the checkpoint's configuration.
-NOT_CARRIED = ("resume", "config", "logdir", "dry_run", "find_lr", "fast_dev_run")
-# Options a checkpoint's training state depends on: a resume with other values would train another network or
-# continue the data order at the wrong place.
-MUST_MATCH = {"model": "the network itself", "width": "the network's shape",
-              "batch_size": "where the data order continues"}
-TRAINED_BEFORE_THE_OPTION = {"model": DEFAULT_MODEL, "width": BASE_WIDTH}  # what a checkpoint that names none had
-
-
 def saved_configuration(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The configuration a checkpoint was trained with: the one it carries (ConfigRecord's state), or for older
-    checkpoints its model and data hyperparameters."""
+    """The configuration a checkpoint carries (ConfigRecord's state), or for older checkpoints its model and data
+    hyperparameters."""
     carried = (callback_state(checkpoint, "ConfigRecord") or {}).get("config")
     if isinstance(carried, dict):
         return dict(carried)
     return {**(checkpoint.get("datamodule_hyper_parameters") or {}), **(checkpoint.get("hyper_parameters") or {})}
 
 
-def options_from_checkpoint(checkpoint: dict[str, Any], path: Path, argv: Sequence[str]) -> Options:
-    """The options of a checkpoint that lies outside its run folder (no config.yaml beside it): the ones it was
-    trained with, under this command line's flags; it then trains on in a new run folder."""
-    known = {name for name, *_ in all_options()}
-    saved = {key: value for key, value in saved_configuration(checkpoint).items()
-             if key in known and key not in NOT_CARRIED}
-    with tempfile.TemporaryDirectory(prefix="cifar_lit_resume_") as folder:
-        carried = Path(folder) / "config.yaml"
-        carried.write_text(yaml.safe_dump(saved, sort_keys=False))
-        options = parse_options(["--config", str(carried), *argv])
-    options.config = []
-    log.info("%s has no config.yaml beside it: resuming with the configuration the checkpoint carries, in a new "
-             "run folder under %s.", path, options.run.logdir)
+def trained_options(checkpoint: dict[str, Any], run_dir: Path | None, path: Path) -> Options:
+    """The options the run was trained with: its config.yaml, or the configuration its checkpoint carries when the
+    checkpoint lies outside its run folder or config.yaml is gone. Checked as a command line is."""
+    saved_config = run_dir / "config.yaml" if run_dir is not None else None
+    if saved_config is not None and saved_config.is_file():
+        values, source = yaml.safe_load(saved_config.read_text()) or {}, str(saved_config)
+    else:
+        values, source = saved_configuration(checkpoint), f"the configuration {path} carries"
+        log.info("%s has no config.yaml beside it: resuming with the configuration the checkpoint carries.", path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source} is not a mapping of options. Restore it from the run's checkpoint or delete it "
+                          "(the checkpoint carries its own copy).")
+    known = {*option_names(), "config"}  # a key an older version had and this one lacks is left out
+    options = Options.from_dict({key: value for key, value in values.items() if key in known})
+    check_options(options)
     return options
 
 
-def check_matches_checkpoint(checkpoint: dict[str, Any], options: Options, path: Path) -> None:
-    """Refuse a resume whose options contradict the checkpoint's training state, before anything is written."""
-    saved, now = saved_configuration(checkpoint), options.as_dict()
+def trained_value(checkpoint: dict[str, Any], trained: Options, key: str) -> Any:
+    """The value of a MUST_MATCH option the checkpoint's weights were trained with."""
     hparams = checkpoint.get("hyper_parameters") or {}
+    return hparams.get(key, saved_configuration(checkpoint).get(key, TRAINED_BEFORE_THE_OPTION.get(key,
+                                                                                               trained.value(key))))
+
+
+def check_matches_checkpoint(checkpoint: dict[str, Any], options: Options, path: Path) -> None:
+    """Refuse options that contradict the checkpoint's training state, before anything is written."""
     for key, why in MUST_MATCH.items():
-        trained = hparams.get(key, saved.get(key, TRAINED_BEFORE_THE_OPTION.get(key)))
-        if trained is not None and now[key] != trained:
+        trained = trained_value(checkpoint, options, key)
+        if trained is not None and options.value(key) != trained:
             raise ConfigError(
-                f"--{key.replace('_', '-')} {now[key]} does not match {path}, trained with {key}={trained} "
-                f"({why} depends on it). Leave --{key.replace('_', '-')} out to resume as it was trained, or start a "
-                "new run without --resume."
+                f"{flag(key)} {options.value(key)} does not match {path}, trained with {key}={trained} ({why} "
+                f"depends on it). Leave {flag(key)} out to resume as it was trained, or start a new run without "
+                "--resume."
             )
 
 
-def check_resumed_data(checkpoint: dict[str, Any], classes: tuple[str, ...], sizes: dict[str, int],
+def resumed_options(trained: Options, asked: Options, checkpoint: dict[str, Any], path: Path) -> Options:
+    """The trained options with what this command line (`asked`) may change: MAY_CHANGE_ON_RESUME as it gives them,
+    FROM_THIS_COMMAND always; an optimizer-state option it changes is ignored with a warning. A resume never
+    downloads unless asked: it finds its data, or says so."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    changes = {key: asked.value(key) for key in FROM_THIS_COMMAND}
+    changes.update({key: asked.value(key) for key in asked.given if key in MAY_CHANGE_ON_RESUME or key in MUST_MATCH})
+    for key in asked.given & set(IN_OPTIMIZER_STATE):
+        if key in hparams and hparams[key] != asked.value(key):
+            log.warning("%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.", flag(key),
+                        key, hparams[key])
+    if "download" not in asked.given:
+        changes["download"] = False
+    options = dataclasses.replace(trained.replace(**changes), given=asked.given, flags=asked.flags)
+    check_matches_checkpoint(checkpoint, options, path)
+    return options
+
+
+def check_resumed_data(checkpoint: dict[str, Any], *, classes: tuple[str, ...], sizes: dict[str, int],
                        fingerprints: dict[str, str], path: Path, data_dir: Path) -> None:
     """Refuse data that is not what the checkpoint was trained on (other classes, other images), before anything
     in the run folder is touched."""
@@ -168,10 +208,10 @@ def check_resumed_data(checkpoint: dict[str, Any], classes: tuple[str, ...], siz
             )
 
 
-def plan_resume(options: Options, argv: Sequence[str]) -> ResumePlan:
+def plan_resume(asked: Options) -> ResumePlan:
     """The resume plan for `--resume` ('last' or a path): the checkpoint is loaded safely and checked to be this
-    project's network, and the run's own config.yaml is read back under the command-line flags."""
-    logdir, resume = Path(options.run.logdir), options.run.resume
+    project's network, and the options are what it was trained with, as this command line may change them."""
+    logdir, resume = Path(asked.run.logdir), asked.run.resume
     path = find_last_checkpoint(logdir) if resume == "last" else Path(resume)
     checkpoint = load_checkpoint(path)
     check_compatible(checkpoint, path)
@@ -182,16 +222,10 @@ def plan_resume(options: Options, argv: Sequence[str]) -> ResumePlan:
             "evaluate.py."
         )
     run_dir = run_dir_of(path)
-    saved_config = run_dir / "config.yaml" if run_dir else None
-    if saved_config is not None and saved_config.is_file():
-        options = parse_options(["--config", str(saved_config), *argv])
-    else:
-        options = options_from_checkpoint(checkpoint, path, argv)
-    check_matches_checkpoint(checkpoint, options, path)
-    if "download" not in options.given:
-        options = options.replace(download=False)  # a resume finds its data, or says so; it never fetches unasked
-    for name in ignored_on_resume(checkpoint, options):
-        log.warning("--%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.",
-                    name.replace("_", "-"), name, checkpoint["hyper_parameters"][name])
+    trained = trained_options(checkpoint, run_dir, path)
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        trained = trained.replace(logdir=asked.run.logdir)  # out of its folder: a new run folder under this logdir
+    options = resumed_options(trained, asked, checkpoint, path)
     nothing = nothing_left_to_do(checkpoint, options.run.target_acc, options.run.max_epochs, path)
-    return ResumePlan(path, checkpoint, run_dir, options, nothing)
+    return ResumePlan(checkpoint_path=path, checkpoint=checkpoint, run_dir=run_dir, options=options,
+                      nothing_to_do=nothing)

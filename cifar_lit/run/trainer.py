@@ -28,14 +28,15 @@ from cifar_lit.reporting.history import EpochHistory
 from cifar_lit.reporting.model_summary import ModelSummaryFile
 from cifar_lit.reporting.previews import AugmentationPreview
 from cifar_lit.reporting.summary import RunSummary
-from cifar_lit.run.config import ConfigRecord, Options, RunOptions
+from cifar_lit.run.config import ConfigRecord
 from cifar_lit.run.log_cadence import LogEveryEpoch
+from cifar_lit.run.options import Options, RunOptions
 from cifar_lit.run.progress import LossProgressBar, TrainingForecast
 from cifar_lit.run.stop_at_target import StopAtTarget, Target
 from cifar_lit.training.compile_warmup import CompileWarmup
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunCallbacks:
     """The run's callbacks, one field per role; None where this run does without one (fast-dev-run writes nothing,
     no progress bar, no EMA...). `before` and `after` are extra callbacks (tests and benchmarks add watchers) that
@@ -72,9 +73,9 @@ class RunCallbacks:
         return [*self.before, *(callback for callback in own if callback is not None), *self.after]
 
 
-def build_callbacks(options: Options, run_dir: Path | None, datamodule: ImageDataModule,
-                    command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
-                    hardware: HardwarePlan, target: Target) -> RunCallbacks:
+def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: ImageDataModule, command: str,
+                    commit: str | None, clock: PhaseClock, signals: SignalGuard, hardware: HardwarePlan,
+                    target: Target) -> RunCallbacks:
     """The run's callbacks by role.
 
     `run_dir` is None when the run folder is only known once Lightning has set up the processes (torchrun, SLURM):
@@ -97,8 +98,9 @@ def build_callbacks(options: Options, run_dir: Path | None, datamodule: ImageDat
     callbacks.record = ConfigRecord(options.as_dict(), run_dir)
     callbacks.lr = LearningRateMonitor(logging_interval="step")
     callbacks.history = EpochHistory(run_dir)
-    callbacks.grids = PredictionGrids(datamodule.class_names, run.grid_images, run.grid_every_n_epochs, run_dir,
-                                      run.gradcam_layer)
+    callbacks.grids = PredictionGrids(datamodule.class_names, max_images=run.grid_images,
+                                      every_n_epochs=run.grid_every_n_epochs, run_dir=run_dir,
+                                      gradcam_layer=run.gradcam_layer)
     callbacks.figures = ConfusionFigures(datamodule.class_names, run.grid_every_n_epochs, run_dir)
     callbacks.best = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -117,9 +119,10 @@ def build_callbacks(options: Options, run_dir: Path | None, datamodule: ImageDat
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.model_summary = ModelSummaryFile(run_dir)
     callbacks.preview = AugmentationPreview()
-    callbacks.summary = RunSummary(options.as_dict(), command, commit, clock, timer, callbacks.stop, callbacks.best,
-                                   callbacks.history, callbacks.warmup, callbacks.skipped, hardware,
-                                   (target.value, target.source), datamodule.class_names, run_dir)
+    callbacks.summary = RunSummary(
+        config=options.as_dict(), command=command, commit=commit, clock=clock, timer=timer, stop=callbacks.stop,
+        best=callbacks.best, history=callbacks.history, warmup=callbacks.warmup, skipped=callbacks.skipped,
+        hardware=hardware, target=(target.value, target.source), class_names=datamodule.class_names, run_dir=run_dir)
     return callbacks
 
 

@@ -75,7 +75,7 @@ def warm_up(module: Any, datamodule: Any, context: Callable[[], Any]) -> float:
         with context():
             module.eval_forward(inputs, labels)
 
-    return run_every_shape(module.model, train_step, eval_step, [datamodule.hparams.batch_size],
+    return run_every_shape(module.model, train_step, eval_step, [datamodule.options.batch_size],
                            datamodule.eval_batch_sizes())
 
 
@@ -92,7 +92,7 @@ class CompileWarmup(Callback):
         self.cache: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (pl_module.hparams.compile and pl_module.hparams.compile_warmup):
+        if not (pl_module.options.compile and pl_module.options.compile_warmup):
             return
         before = cache_counts()
         with phase("warmup"):

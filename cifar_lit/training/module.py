@@ -2,97 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from cifar_lit.lightning_compat import saved_after_last_batch, training_steps
-from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL, MODELS, build_model
-from cifar_lit.reliability.option_types import (
-    ClosedUnitInterval,
-    Fraction,
-    FractionBelowOne,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-)
+from cifar_lit.models import build_model
+from cifar_lit.reliability.checkpoints import load_checkpoint
+from cifar_lit.reliability.option_types import from_values
 from cifar_lit.training.compile_warmup import compile_options
 from cifar_lit.training.metrics import EvaluationSums, RunningMean, evaluate_batch, training_sums
-from cifar_lit.training.optim import Schedule, build_scheduler, build_sgd, scaled_lr
+from cifar_lit.training.optim import build_scheduler, build_sgd, scaled_lr
+from cifar_lit.training.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
 
 TOP5_ABOVE_CLASSES = 10  # top-5 accuracy is reported for data sets with more classes than this
-ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # every registered network, for --model
 
 
 class CIFARClassifier(pl.LightningModule):
     """A CIFAR network (the ResNet18 by default) for any number of classes, trained with nesterov SGD and a
-    per-step LR schedule.
+    per-step LR schedule. `options` is the recipe (`ModelOptions`); `num_classes` comes from the data.
 
-    Args:
-        num_classes: output classes (the data set's; 10 for CIFAR-10).
-        model: the network, by its registered name (cifar_lit.models): resnet18 (11,173,962 parameters), resnet34
-            (21,282,122) or resnet9 (Page's DAWNBench ResNet-9, 6,573,130).
-        width: channels of the network's first stage (doubled in each later one). 64 is the published network;
-            narrower ones of the same shape are for quick tests.
-        lr: peak learning rate for `lr_reference_batch_size` images per optimizer step.
-        lr_reference_batch_size: the peak LR is scaled linearly with the global batch (batch size per device x
-            devices x nodes) relative to this many images (Goyal et al., 2017); null uses `lr` as it is.
-        batch_size: training images per step on each device (the global batch is this times the devices).
-        momentum: SGD momentum.
-        nesterov: use Nesterov momentum.
-        weight_decay: L2 penalty on convolution and linear weights.
-        norm_bias_weight_decay: L2 penalty on batch-norm parameters and biases (usually 0).
-        norm_bias_lr_scale: their learning rate relative to the other weights.
-        label_smoothing: cross-entropy label smoothing in training (evaluation reports plain cross-entropy).
-        schedule: "onecycle", "linear", "cosine" or "constant" (see `cifar_lit.training.optim.lr_factor`).
-        warmup_fraction: share of all steps spent warming up.
-        lr_start_factor: LR at the first step, as a fraction of the peak.
-        lr_end_factor: LR at the last step, as a fraction of the peak.
-        flip_tta: also evaluate on mirrored images and report that accuracy as `val/acc_tta`, `test/acc_tta`.
-        channels_last: keep weights NHWC-strided (faster convolutions on tensor cores).
-        fused_sgd: one fused kernel for the SGD update (null: on CUDA devices), else foreach.
-        compile: compile each step with torch.compile: network, loss and the step's metric sums as one graph.
-        compile_mode: torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" or
-            "max-autotune-no-cudagraphs".
-        compile_warmup: with `compile`, first run every batch shape once so the compile time is paid (and reported
-            as warm-up) before training and its clock start.
+    Its hyperparameters are the recipe's fields, flat, with `num_classes`: what Lightning logs and checkpoints keep,
+    as every earlier run's checkpoint holds them (`from_hyperparameters` reads them back).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        model: ModelName = DEFAULT_MODEL,
-        width: PositiveInt = BASE_WIDTH,
-        lr: PositiveFloat = 0.2,
-        lr_reference_batch_size: PositiveInt | None = 256,
-        batch_size: PositiveInt = 256,
-        momentum: FractionBelowOne = 0.9,
-        nesterov: bool = True,
-        weight_decay: NonNegativeFloat = 5e-4,
-        norm_bias_weight_decay: NonNegativeFloat = 0.0,
-        norm_bias_lr_scale: NonNegativeFloat = 1.0,
-        label_smoothing: FractionBelowOne = 0.1,
-        schedule: Schedule = "onecycle",
-        warmup_fraction: FractionBelowOne = 0.25,
-        lr_start_factor: Fraction = 0.04,
-        lr_end_factor: ClosedUnitInterval = 0.0,
-        flip_tta: bool = False,
-        channels_last: bool = True,
-        fused_sgd: bool | None = None,
-        compile: bool = False,
-        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
-        compile_warmup: bool = True,
-    ) -> None:
+    def __init__(self, options: ModelOptions | None = None, num_classes: int = 10) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_model(model, num_classes, width)
-        self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.options = options = options if options is not None else ModelOptions()
+        self.save_hyperparameters({"num_classes": num_classes, **asdict(options)})
+        self.num_classes = num_classes
+        self.model = build_model(options.model, num_classes, options.width)
+        self.train_criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
         # Training: running accuracy and loss, one addition each per step (training.metrics). Their sums go into
         # checkpoints, so an epoch resumed from a mid-epoch checkpoint reports what an uninterrupted one would.
         self.train_acc = RunningMean()
@@ -110,16 +60,33 @@ class CIFARClassifier(pl.LightningModule):
         self._compiled = False
         self.resumed_schedule_steps: int | None = None
 
+    @classmethod
+    def from_hyperparameters(cls, hparams: Mapping[str, Any], **changes: Any) -> CIFARClassifier:
+        """The module a checkpoint's hyperparameters describe (those of older runs too: what they lack has its
+        default), with `changes` to the recipe (e.g. compile=False to evaluate)."""
+        options = dataclasses.replace(from_values(ModelOptions, hparams), **changes)
+        return cls(options, num_classes=int(hparams.get("num_classes", 10)))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None,  # type: ignore[override]
+                             **changes: Any) -> CIFARClassifier:
+        """The trained module of a checkpoint, loaded safely (weights only). Lightning's own would build the module
+        from its constructor's arguments, and the recipe's fields are saved flat, not as one."""
+        checkpoint = load_checkpoint(Path(checkpoint_path), resuming=False)
+        module = cls.from_hyperparameters(checkpoint.get("hyper_parameters") or {}, **changes)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.to(map_location) if map_location is not None else module
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
     # ------------------------------------------------------------------------------------------------- set-up
 
     def configure_model(self) -> None:
-        if self.hparams.channels_last:
+        if self.options.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not self._compiled:
-            options = compile_options(self.hparams.compile_mode)
+        if self.options.compile and not self._compiled:
+            options = compile_options(self.options.compile_mode)
             self.train_forward = torch.compile(self.train_forward, **options)
             self.eval_forward = torch.compile(self.eval_forward, **options)
             self._compiled = True
@@ -134,7 +101,7 @@ class CIFARClassifier(pl.LightningModule):
 
     def eval_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network (twice with flip TTA) and the batch's evaluation sums: one graph when compiled."""
-        return evaluate_batch(self.model, images, labels, self.hparams.num_classes, self.hparams.flip_tta)
+        return evaluate_batch(self.model, images, labels, self.num_classes, self.options.flip_tta)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -180,9 +147,9 @@ class CIFARClassifier(pl.LightningModule):
         metric.reset()
         self.log(f"{stage}/acc", results["acc"], prog_bar=stage == "val")
         self.log(f"{stage}/loss", results["loss"])
-        if self.hparams.flip_tta:
+        if self.options.flip_tta:
             self.log(f"{stage}/acc_tta", results["acc_tta"])
-        if self.hparams.num_classes > TOP5_ABOVE_CLASSES:
+        if self.num_classes > TOP5_ABOVE_CLASSES:
             self.log(f"{stage}/acc_top5", results["acc_top5"])
         self.evaluation[stage] = results
 
@@ -196,8 +163,11 @@ class CIFARClassifier(pl.LightningModule):
 
     def peak_lr(self) -> float:
         """`lr`, scaled by the global batch (`batch_size` x processes) / `lr_reference_batch_size` when that is set."""
+        recipe = self.options
+        if recipe.lr == "auto":  # preflight's LR range test puts its suggestion in place before a module trains
+            raise ValueError("lr='auto' is settled by the LR range test (train.py --lr auto) before training")
         processes = self.trainer.world_size if self._trainer is not None else 1
-        return scaled_lr(self.hparams.lr, self.hparams.batch_size * processes, self.hparams.lr_reference_batch_size)
+        return scaled_lr(recipe.lr, recipe.batch_size * processes, recipe.lr_reference_batch_size)
 
     def total_training_steps(self) -> int:
         """Optimizer steps in the whole run, counted from the DataModule's loader length. No hook argument gives it:
@@ -208,13 +178,13 @@ class CIFARClassifier(pl.LightningModule):
     def build_optimizer(self, total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
         """The recipe's SGD and its per-step schedule over `total_steps`: what Lightning steps, and what the bare loop
         (cifar_lit.bench.bare_loop) steps itself."""
-        hp = self.hparams
-        optimizer = build_sgd(self.model, lr=self.peak_lr(), momentum=hp.momentum, nesterov=hp.nesterov,
-                              weight_decay=hp.weight_decay, norm_bias_weight_decay=hp.norm_bias_weight_decay,
-                              norm_bias_lr_scale=hp.norm_bias_lr_scale, fused=hp.fused_sgd)
-        scheduler = build_scheduler(optimizer, hp.schedule, total_steps=total_steps,
-                                    warmup_fraction=hp.warmup_fraction, start_factor=hp.lr_start_factor,
-                                    end_factor=hp.lr_end_factor)
+        recipe = self.options
+        optimizer = build_sgd(self.model, lr=self.peak_lr(), momentum=recipe.momentum, nesterov=recipe.nesterov,
+                              weight_decay=recipe.weight_decay, norm_bias_weight_decay=recipe.norm_bias_weight_decay,
+                              norm_bias_lr_scale=recipe.norm_bias_lr_scale, fused=recipe.fused_sgd)
+        scheduler = build_scheduler(optimizer, recipe.schedule, total_steps=total_steps,
+                                    warmup_fraction=recipe.warmup_fraction, start_factor=recipe.lr_start_factor,
+                                    end_factor=recipe.lr_end_factor)
         return optimizer, scheduler
 
     def configure_optimizers(self) -> dict[str, Any]:
