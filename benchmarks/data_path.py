@@ -58,8 +58,9 @@ def tensor_path_epoch(padded: torch.Tensor, labels: torch.Tensor, batch_size: in
     for batch_images, _ in loader:
         batch_epoch, index = loader.next_batch_key()
         generator.manual_seed(derive_seed(0, batch_epoch, index, 0))
-        codes = draw_codes(len(batch_images), PADDING, True, 0, (IMAGE_SIZE, IMAGE_SIZE), generator, device)
-        transform(batch_images, codes, scale, shift, PADDING, True, 0)
+        codes = draw_codes(len(batch_images), PADDING, flip=True, cutout=0, size=(IMAGE_SIZE, IMAGE_SIZE),
+                           generator=generator, device=device)
+        transform(batch_images, codes, scale, shift, padding=PADDING, flip=True, cutout=0)
     synchronize(device)
     return time.perf_counter() - start
 

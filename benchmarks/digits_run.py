@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from cifar_lit.reporting.provenance import (
     versions,
     write_record,
 )
+from cifar_lit.run.train import fit
 
 DEFAULT_FLAGS = ["--gpus", "0", "--max-epochs", "10", "--batch-size", "128", "--eval-batch-size", "500",
                  "--no-progress-bar", "--sanity-val-steps", "0"]
@@ -65,13 +65,12 @@ def main() -> int:
         logdir = Path(tmp) / "logs"
         flags = [*DEFAULT_FLAGS, "--data-dir", str(data), "--resize", "--logdir", str(logdir), *extra]
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *flags], capture_output=True,
-                                text=True, cwd=PROJECT_ROOT)
+        result = fit(flags)
         wall = time.perf_counter() - start
-        if result.returncode != 0:
-            print(result.stderr[-3000:], file=sys.stderr)
-            return result.returncode
-        summary = json.loads(next(logdir.glob("version_*/summary.json")).read_text())
+        if result.outcome != "finished":
+            print(f"error: the run ended as {result.outcome}: {result.stop_reason}", file=sys.stderr)
+            return 1
+        summary = json.loads((result.run_dir / "summary.json").read_text())
     record = {
         "what": "scikit-learn's digits as an image folder, 8x8 grayscale upscaled with --resize, trained by train.py",
         "date": dt.date.today().isoformat(),

@@ -65,7 +65,7 @@ def gradcam_maps_seconds(images: np.ndarray, true: list[int], predicted: list[in
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        maps_for_predictions(network, inputs, torch.tensor(true), torch.tensor(predicted), DEFAULT_LAYER)
+        maps_for_predictions(network, inputs, torch.tensor(true), torch.tensor(predicted), layer=DEFAULT_LAYER)
         times.append(time.perf_counter() - start)
     seconds = round(statistics.median(times), 4)
     print(f"{'gradcam maps (ResNet18)':28s} {seconds * 1000:7.0f} ms", file=sys.stderr)
@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     maps = rng.random((args.images, 32, 32)).astype(np.float32)
     matrix = rng.integers(0, 40, (10, 10)) + np.diag(rng.integers(500, 900, 10))
     figures = {
-        "misclassified grid": lambda: plots.prediction_grid_figure(images, true, predicted, names, "Misclassified"),
-        "correct grid": lambda: plots.prediction_grid_figure(images, true, true, names, "Correct"),
+        "misclassified grid": lambda: plots.prediction_grid_figure(images, true, predicted, class_names=names,
+                                                                   title="Misclassified"),
+        "correct grid": lambda: plots.prediction_grid_figure(images, true, true, class_names=names, title="Correct"),
         "gradcam misclassified grid": lambda: plots.gradcam_grid_figure(
-            images, maps, maps, true, predicted, [0.6] * args.images, names, "Grad-CAM (layer3): misclassified"),
+            images, maps, maps, true_labels=true, predicted_labels=predicted, confidences=[0.6] * args.images,
+            class_names=names, title="Grad-CAM (layer3): misclassified"),
         "gradcam correct grid": lambda: plots.gradcam_grid_figure(
-            images, maps, maps, true, true, [0.9] * args.images, names, "Grad-CAM (layer3): correct"),
+            images, maps, maps, true_labels=true, predicted_labels=true, confidences=[0.9] * args.images,
+            class_names=names, title="Grad-CAM (layer3): correct"),
         "confusion matrix": lambda: plots.confusion_matrix_figure(matrix, names, "Confusion matrix, test set"),
         "per-class accuracy": lambda: plots.per_class_accuracy_figure(rng.random(10), names, "Accuracy per class"),
     }

@@ -15,26 +15,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cifar_lit.reporting.provenance import PROJECT_ROOT, git_commit, shell_command, versions, write_record
+from cifar_lit.reporting.provenance import git_commit, shell_command, versions, write_record
+from cifar_lit.run.train import RunResult, fit
 
 FLAGS = ["--gpus", "0", "--batch-size", "128", "--no-progress-bar"]
 PICTURES = ("gradcam_misclassified.png", "gradcam_correct.png", "misclassified.png", "model_summary.txt")
 
 
-def run(argv: list[str]) -> tuple[float, str]:
+def run(argv: list[str]) -> tuple[float, RunResult]:
+    """train.py `argv` through `cifar_lit.fit`, and its wall seconds."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *argv], capture_output=True, text=True,
-                            cwd=PROJECT_ROOT)
-    if result.returncode != 0:
-        sys.exit(f"train.py {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start, result.stdout
+    result = fit(argv)
+    if result.outcome not in ("finished", "lr_found"):
+        sys.exit(f"train.py {' '.join(argv)} ended as {result.outcome}: {result.stop_reason}")
+    return time.perf_counter() - start, result
 
 
 def main() -> int:
@@ -42,8 +41,8 @@ def main() -> int:
     extra = [a for a in sys.argv[3:] if a != "--"]
     logdir = out / "logs"
     find = [*FLAGS, "--data-dir", str(data), "--logdir", str(logdir), "--find-lr", "--lr-find-steps", "100", *extra]
-    find_seconds, stdout = run(find)
-    suggested = float(re.search(r"Suggested --lr: ([0-9.e+-]+)", stdout).group(1))
+    find_seconds, found = run(find)
+    suggested = found.suggested_lr
     train = [*FLAGS, "--data-dir", str(data), "--logdir", str(logdir), "--lr", f"{suggested:.3g}", "--max-epochs",
              "1", "--limit-train-batches", "300", "--sanity-val-steps", "0", *extra]
     train_seconds, _ = run(train)

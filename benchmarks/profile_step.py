@@ -37,7 +37,7 @@ def make_step(batch_size: int, padded: torch.Tensor, labels: torch.Tensor, compi
     """A closure running one training step on the data's device; compiled parts are compiled on first use."""
     device = padded.device
     model = resnet18(width=width).to(device, memory_format=torch.channels_last)
-    optimizer = build_sgd(model, 0.1, 0.9, True, 5e-4)
+    optimizer = build_sgd(model, 0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     scale, shift = scale_and_shift(CIFAR10_MEAN, CIFAR10_STD, device)
     generator = torch.Generator(device=device)
@@ -53,8 +53,10 @@ def make_step(batch_size: int, padded: torch.Tensor, labels: torch.Tensor, compi
     def step(index: int) -> None:
         generator.manual_seed(index)
         pick = torch.randint(0, len(labels), (batch_size,), device=device, generator=generator)
-        codes = draw_codes(batch_size, PADDING, True, 0, (IMAGE_SIZE, IMAGE_SIZE), generator, device)
-        inputs = transform(padded[pick], codes, scale, shift, PADDING, True, 0, torch.bfloat16)  # outside autocast
+        codes = draw_codes(batch_size, PADDING, flip=True, cutout=0, size=(IMAGE_SIZE, IMAGE_SIZE),
+                           generator=generator, device=device)
+        inputs = transform(padded[pick], codes, scale, shift, padding=PADDING, flip=True, cutout=0,
+                           dtype=torch.bfloat16)  # outside autocast
         with torch.autocast(device.type, dtype=torch.bfloat16):  # as Lightning's loop: the step inside
             loss = forward(inputs, labels[pick])
         optimizer.zero_grad(set_to_none=True)

@@ -68,9 +68,10 @@ class PhaseClock:
         seconds[self.current] += time.perf_counter() - self._since
         return seconds
 
-    def cumulative(self) -> dict[str, float]:
-        """Seconds per phase over the whole run: carried over from earlier processes plus this one."""
-        return {name: self.carried[name] + value for name, value in self.elapsed().items()}
+    def cumulative(self, elapsed: dict[str, float] | None = None) -> dict[str, float]:
+        """Seconds per phase over the whole run: carried over from earlier processes plus this one (`elapsed`, to
+        add to a reading of this process taken before; default: now)."""
+        return {name: self.carried[name] + value for name, value in (elapsed or self.elapsed()).items()}
 
 
 _active: PhaseClock | None = None

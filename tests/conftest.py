@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,17 +12,6 @@ import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-import forkserver  # noqa: E402
-
-PYTHON_FOLDER = None
-if sys.platform == "linux" and not os.environ.get("CIFAR_LIT_TEST_NO_FORKSERVER"):
-    # Before helpers, which reads PYTHON. The server itself starts in pytest_configure: not in xdist's controller.
-    PYTHON_FOLDER = tempfile.mkdtemp(prefix="cifar-lit-python-")
-    atexit.register(shutil.rmtree, PYTHON_FOLDER, ignore_errors=True)
-    forkserver.prepare(PYTHON_FOLDER)
-else:
-    os.environ.pop(forkserver.PYTHON, None)  # the real interpreter, whatever an outer session set
 
 from helpers import TINY_FLAGS  # noqa: E402
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
@@ -34,15 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # two threads per worker on two cores made every test about twice as slow.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """The forkserver of this process's PYTHON (tests/forkserver.py), where tests run: each xdist worker, or the
-    one process under -n 0."""
-    runs_tests = hasattr(config, "workerinput") or not config.getoption("numprocesses", None)
-    if runs_tests and PYTHON_FOLDER is not None:
-        server = forkserver.start(PYTHON_FOLDER)
-        config.add_cleanup(server.kill)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,10 +1,12 @@
 """What several test modules share: the flags of a small, quick train.py run, a way to add a callback to it, and
-train.py started as a separate process."""
+train.py started as a separate process (only where a process is what a test is about: signals, kill -9, a lock
+held by another process)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,20 +16,15 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 from filelock import FileLock
-from forkserver import PYTHON as PYTHON_ENV
-from forkserver import Python
 from torch._dynamo.utils import counters
 
+from cifar_lit import phases
 from cifar_lit.run import train as run
 
 ROOT = Path(__file__).resolve().parent.parent
-# `PYTHON ARGS` runs as `python ARGS`, without the seconds of imports (tests/forkserver.py, set up by conftest).
-PYTHON = os.environ.get(PYTHON_ENV, sys.executable)
 
 # A learnable 300-image set; a ResNet18 of width 8 (176k parameters, same layers as width 64) reaches 60% test
-# accuracy within a few epochs with these settings on the CPU, in seconds. Not narrower in float32: on this CPU
-# (torch 2.14, oneDNN 3.12) the channels_last backward of widths 2 and 4 hangs or corrupts memory in about a third of
-# processes (width 8 and up: never, in 20 tries).
+# accuracy within a few epochs with these settings on the CPU, in seconds.
 # Drawing figures took longer than such a run's training steps (1.1 s against 0.7 s in a profile). So the confusion
 # and per-class figures are drawn after the test only (EVERY_EPOCH_FIGURES for each epoch), and the image grids with
 # their Grad-CAM maps not at all (GRIDS draws them): the tests that look at them, or at what happens while they are
@@ -40,6 +37,27 @@ TINY_FLAGS = [
 ]
 GRIDS = ["--grid-images", "8"]
 EVERY_EPOCH_FIGURES = [*GRIDS, "--grid-every-n-epochs", "1"]
+
+
+def on_entering(phase: str, after: str | None, act: Callable[[str], None]) -> Callable[..., None]:
+    """A PhaseClock.__init__ (to patch in) whose clock calls `act(phase)` the first time the run enters `phase`, after
+    it has been in `after` (if given); `startup` counts as entered as soon as the clock exists."""
+    real_init = phases.PhaseClock.__init__
+
+    def init(clock: phases.PhaseClock, *args, **kwargs) -> None:
+        real_init(clock, *args, **kwargs)
+        seen = {"after": after is None, "acted": False}
+
+        def on_switch(name: str) -> None:
+            seen["after"] = seen["after"] or name == after
+            if name == phase and seen["after"] and not seen["acted"]:
+                seen["acted"] = True
+                act(name)
+
+        clock.listeners.append(on_switch)
+        on_switch(clock.current)
+
+    return init
 
 
 def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
@@ -55,12 +73,17 @@ def with_extra_callback(monkeypatch: pytest.MonkeyPatch, callback) -> None:
     monkeypatch.setattr(run, "build_callbacks", build)
 
 
-def python(args: list[str], **popen) -> Python:
-    """`python ARGS` as a process (subprocess.Popen) whose signals, SIGKILL too, reach the program."""
-    return Python(PYTHON, args, **popen)
+def python(args: list[str], **popen) -> subprocess.Popen:
+    """`python ARGS` as a process of its own, with Ctrl-C's default meaning: pytest-xdist's workers ignore SIGINT,
+    and a child would inherit that."""
+    return subprocess.Popen([sys.executable, *args], preexec_fn=default_sigint, **popen)
 
 
-def start_training(args: list[str]) -> Python:
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
     return python(["train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PYTHON, ROOT, TINY_FLAGS, Python
+from helpers import ROOT, TINY_FLAGS, python
 from PIL import Image
 
+from cifar_lit.app.__main__ import main as app_main
 from cifar_lit.reporting.evaluate import main as evaluate
 from cifar_lit.reporting.inference import load_trained_model, predict_probabilities
 from cifar_lit.run.train import main as train
@@ -51,10 +52,10 @@ def trained(image_folder_master, tmp_path_factory) -> dict:
     pytest.fail("the trained network classified no test image right")
 
 
-def serve(args: list[str], cwd: Path, port: int, env: dict | None = None, fresh: bool = False) -> subprocess.Popen:
-    """`python ARGS` serving on `port`; `fresh`: the real interpreter, not a fork of tests/forkserver.py's."""
-    process = Python(sys.executable if fresh else PYTHON, args, cwd=cwd, stdout=subprocess.PIPE,
-                     stderr=subprocess.STDOUT, text=True, env={**os.environ, **OFFLINE, **(env or {})})
+def serve(args: list[str], cwd: Path, port: int, env: dict | None = None) -> subprocess.Popen:
+    """`python ARGS` serving on `port`, in a process of its own (as a person starts the demo)."""
+    process = python(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     env={**os.environ, **OFFLINE, **(env or {})})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
@@ -112,15 +113,10 @@ def test_the_server_stops_cleanly_on_ctrl_c(app):
     assert "Traceback" not in output and "Keyboard interruption" in output
 
 
-def run_app(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "cifar_lit.app", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **OFFLINE, **(env or {})})
-
-
-def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(tmp_path):
+def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(tmp_path, capsys):
     never_read = tmp_path / "none.ckpt"  # the port is refused before the checkpoint is looked at
-    result = run_app("--ckpt", str(never_read), "--port", "99999")
-    assert result.returncode == 2 and result.stderr.splitlines() == [
+    assert app_main(["--ckpt", str(never_read), "--port", "99999"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
         "error: argument --port: 99999 is not a port: give a number from 1 to 65535 (e.g. 7860). Run `python -m "
         "cifar_lit.app --help` for the accepted flags."]
     # before torch, Lightning and Gradio are even imported: the answer comes at once, not after seconds
@@ -134,8 +130,8 @@ def test_an_invalid_or_taken_port_is_one_error_line_before_the_model_is_loaded(t
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_app("--ckpt", str(never_read), "--port", str(port))
-    assert result.returncode == 2 and result.stderr.splitlines() == [
+        assert app_main(["--ckpt", str(never_read), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
         f"error: port {port} on 127.0.0.1 is in use by another program (another demo?). Give another with --port, "
         f"e.g. --port {port + 1}, or stop the program that holds it."]
 
@@ -165,10 +161,11 @@ def test_the_app_refuses_a_hostile_checkpoint_as_evaluate_does(tmp_path, capsys)
 
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "payload": Payload()}, crafted)
-    result = run_app("--ckpt", str(crafted), "--gpus", "0", "--port", str(free_port()))
-    assert result.returncode == 2 and result.stderr.startswith("error: Refusing to load") and not marker.exists()
+    assert app_main(["--ckpt", str(crafted), "--gpus", "0", "--port", str(free_port())]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("error: Refusing to load") and not marker.exists()
     assert evaluate(["--ckpt", str(crafted), "--gpus", "0"]) == 2
-    assert capsys.readouterr().err.strip() == result.stderr.strip(), "the same message as evaluate.py"
+    assert capsys.readouterr().err.strip() == said.strip(), "the same message as evaluate.py"
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +197,7 @@ def test_the_exported_app_runs_from_a_copy_without_cifar_lit(exported, trained, 
     no_package = ("import runpy, sys; sys.modules['cifar_lit'] = None; sys.argv = ['app.py']; "
                   "runpy.run_path('app.py', run_name='__main__')")
     # What the copy alone imports: nothing preloaded.
-    process = serve(["-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}, fresh=True)
+    process = serve(["-c", no_package], copy, port, {"GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""})
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
         top, *_ = client.predict([gradio_client.handle_file(str(trained["image"]))], 1, 0.5, "layer3",

@@ -29,11 +29,12 @@ def uint8_batch(n=64, seed=0):
 
 
 def codes(n, seed=0, padding=4, flip=True, cutout=0):
-    return draw_codes(n, padding, flip, cutout, SIZE, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    return draw_codes(n, padding, flip=flip, cutout=cutout, size=SIZE, generator=torch.Generator().manual_seed(seed),
+                      device=torch.device("cpu"))
 
 
 def test_draws_cover_every_crop_and_flip_independently():
-    draws = decode(codes(20000, cutout=8), 4, True, 8, SIZE)
+    draws = decode(codes(20000, cutout=8), 4, flip=True, cutout=8, size=SIZE)
     assert draws.dy.min() == 0 and draws.dy.max() == 8 and draws.dx.min() == 0 and draws.dx.max() == 8
     assert 0.48 < draws.flip.float().mean() < 0.52
     assert len({(y, x, f) for y, x, f in zip(draws.dy.tolist(), draws.dx.tolist(), draws.flip.tolist(),
@@ -45,7 +46,7 @@ def test_augmentation_is_torchvisions_pad_crop_and_mirror_on_the_same_draws():
     images = uint8_batch(32)
     packed = codes(32, seed=3)
     out = augment(pad(images, 4), packed, SCALE, SHIFT, padding=4, flip=True, cutout=0)
-    draws = decode(packed, 4, True, 0, SIZE)
+    draws = decode(packed, 4, flip=True, cutout=0, size=SIZE)
     for i in range(32):
         picture = TF.pad(Image.fromarray(images[i].numpy()), 4)
         picture = TF.crop(picture, int(draws.dy[i]), int(draws.dx[i]), 32, 32)
@@ -68,18 +69,19 @@ def test_centre_crop_is_the_image_and_edge_crops_bring_black_borders():
 
 def test_augmentation_is_determined_by_its_seed():
     padded = pad(uint8_batch(32), 4)
-    a, b, c = (augment(padded, codes(32, seed=s, cutout=8), SCALE, SHIFT, 4, True, 8) for s in (7, 7, 8))
+    a, b, c = (augment(padded, codes(32, seed=s, cutout=8), SCALE, SHIFT, padding=4, flip=True, cutout=8)
+               for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_output_dtype_layout_and_range():
-    out = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, 4, True, 0, dtype=torch.bfloat16)
+    out = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, padding=4, flip=True, cutout=0, dtype=torch.bfloat16)
     assert out.shape == (8, 3, 32, 32) and out.dtype == torch.bfloat16
     assert out.is_contiguous(memory_format=torch.channels_last)  # a view of the NHWC data, no copy
     low = ((0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).min()
     high = ((1 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).max()
     assert out.float().min() >= low - 0.02 and out.float().max() <= high + 0.02
-    flat = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, 4, True, 0, channels_last=False)
+    flat = augment(pad(uint8_batch(8), 4), codes(8), SCALE, SHIFT, padding=4, flip=True, cutout=0, channels_last=False)
     assert flat.is_contiguous()
 
 
@@ -100,7 +102,7 @@ def test_cutout_zeroes_a_square_clipped_at_the_border():
     mask = cutout_mask(torch.tensor([16, 0]), torch.tensor([16, 0]), 8, SIZE)
     assert mask[0].sum() == 64 and mask[0, 12:20, 12:20].all()
     assert mask[1].sum() == 16  # the corner square keeps its 4x4 inside part
-    out = augment(pad(uint8_batch(16), 4), codes(16, cutout=8), SCALE, SHIFT, 4, True, 8)
+    out = augment(pad(uint8_batch(16), 4), codes(16, cutout=8), SCALE, SHIFT, padding=4, flip=True, cutout=8)
     zeros_per_image = (out == 0).all(dim=1).flatten(1).sum(dim=1)
     assert ((zeros_per_image >= 16) & (zeros_per_image <= 64)).all()
 
@@ -115,6 +117,6 @@ def test_input_dtype_follows_the_precision():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_augmentation_matches_the_cpu_given_the_same_draws():
     padded, packed = pad(uint8_batch(16), 4), codes(16, cutout=8)
-    cpu = augment(padded, packed, SCALE, SHIFT, 4, True, 8)
-    gpu = augment(padded.cuda(), packed.cuda(), SCALE.cuda(), SHIFT.cuda(), 4, True, 8)
+    cpu = augment(padded, packed, SCALE, SHIFT, padding=4, flip=True, cutout=8)
+    gpu = augment(padded.cuda(), packed.cuda(), SCALE.cuda(), SHIFT.cuda(), padding=4, flip=True, cutout=8)
     torch.testing.assert_close(gpu.cpu(), cpu)

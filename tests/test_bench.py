@@ -1,8 +1,6 @@
 import json
-import sys
 
 import pytest
-from helpers import PYTHON
 
 from cifar_lit.bench.time_to_accuracy import main, markdown_table, summarize
 from cifar_lit.phases import PHASES
@@ -13,9 +11,8 @@ RECORD_FIELDS = {"device", "preset", "target_acc", "reached", "train_seconds_to_
 
 
 @pytest.mark.slow
-def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_path, monkeypatch):
+def test_benchmark_runs_end_to_end_and_writes_a_valid_record(image_folder, tmp_path):
     out = tmp_path / "results"
-    monkeypatch.setattr(sys, "executable", PYTHON)  # its `python train.py` runs, through tests/forkserver.py
     # One seed (the first is 3): the lease rehearsal in test_benchmarks.py runs two, and summarize() has its own tests.
     code = main(["--preset", "fast85", "--seeds", "1", "--first-seed", "3", "--data-dir", str(image_folder), "--out",
                  str(out), "--pil-epochs", "1", "--pil-workers", "0", "--",

@@ -14,7 +14,7 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import PYTHON, ROOT, TINY_FLAGS, GraphCount, built_once, with_extra_callback
+from helpers import ROOT, TINY_FLAGS, GraphCount, built_once, with_extra_callback
 from torch._dynamo.utils import counters
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -23,10 +23,8 @@ SMALL_RUN = ["--width", "8", "--batch-size", "30", "--eval-batch-size", "50", "-
 
 
 def run_in_process(monkeypatch, script: str, *args: str) -> int:
-    """The script as `python benchmarks/<script> args...` would run it, in this process (no second start-up); the
-    train.py runs it starts go through PYTHON."""
+    """The script as `python benchmarks/<script> args...` would run it, in this process (no second start-up)."""
     monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])
-    monkeypatch.setattr(sys, "executable", PYTHON)
     try:
         runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
     except SystemExit as stop:
@@ -93,7 +91,7 @@ def test_figure_drawing_runs(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_framework_overhead_runs(tmp_path):
     """In its own process: it swaps the network of both paths for a one-convolution one."""
-    run_script(PYTHON, str(BENCHMARKS / "framework_overhead.py"), "--steps", "20", "--repeats", "1",
+    run_script(sys.executable, str(BENCHMARKS / "framework_overhead.py"), "--steps", "20", "--repeats", "1",
                "--out", str(tmp_path))
     record = only_record(tmp_path, "framework_overhead-*.json")
     assert record["lightning_us_per_step"]["median"] > 0 and record["bare_us_per_step"]["median"] > 0
@@ -171,7 +169,7 @@ def lease_out(image_folder_master, tmp_path_factory) -> Path:
         archive = root / "data.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(image_folder_master, arcname="cifar10-jpeg")
-        env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "2", "PYTHON": PYTHON,
+        env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "2", "PYTHON": sys.executable,
                "GPU_LEASE_WORK": str(root / "work")}
         for call in ("1", "2"):
             run_script("bash", str(BENCHMARKS / "gpu_lease.sh"), str(archive), str(root / "out"), call, env=env)
@@ -196,9 +194,9 @@ def test_gpu_lease_runs_its_dress_rehearsal_with_a_line_per_run(lease_out):
 
 
 @pytest.mark.slow
-def test_lease_records_runs_on_what_the_lease_brought_back(lease_out, tmp_path):
-    stdout = run_script(PYTHON, str(BENCHMARKS / "lease_records.py"), str(lease_out), "--results-dir",
-                        str(tmp_path))
+def test_lease_records_runs_on_what_the_lease_brought_back(lease_out, tmp_path, capsys):
+    assert load_script("lease_records.py").main([str(lease_out), "--results-dir", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
     record = only_record(tmp_path, "gpu-lease-*.json")
     assert record["summary"]["fast85"]["runs"] == 2 and record["summary"]["bare"]["finished"] == 1
     assert record["lightning_over_bare_images_per_second"] > 0 and record["git_commit"] and record["versions"]
@@ -217,8 +215,7 @@ def test_lease_records_names_a_missing_results_file(tmp_path, capsys):
 
 def test_a_run_out_of_time_is_recorded_as_such_and_what_finished_is_kept(image_folder, tmp_path):
     """Every run killed at a one-second limit (GPU_LEASE_LIMIT): each gets a line saying so, the call goes on to the
-    next run, and the lines already there stay. The real interpreter: its imports alone outlast the limit, where a
-    fork of tests/forkserver.py finishes the rehearsal's bare loop within it."""
+    next run, and the lines already there stay (a run's imports alone outlast the limit)."""
     env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "2", "PYTHON": sys.executable,
            "GPU_LEASE_WORK": str(tmp_path / "work"), "GPU_LEASE_LIMIT": "1"}
     out = tmp_path / "out"

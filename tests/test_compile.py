@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import PYTHON, TINY_FLAGS, GraphCount, with_extra_callback
+from helpers import TINY_FLAGS, GraphCount, with_extra_callback
 from torch._dynamo.utils import counters
 
 from cifar_lit.run.train import main
@@ -59,7 +60,7 @@ def test_a_second_run_starts_warm_from_the_compile_cache(image_folder, tmp_path)
              str(cache)]
     reports = []
     for _ in range(2):
-        result = subprocess.run([PYTHON, "tests/tiny_network_runner.py", *flags], cwd=ROOT,
+        result = subprocess.run([sys.executable, "tests/tiny_network_runner.py", *flags], cwd=ROOT,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         latest = max((tmp_path / "logs").glob("version_*/summary.json"), key=lambda path: path.stat().st_mtime_ns)

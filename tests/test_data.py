@@ -280,7 +280,7 @@ def test_the_augmentation_preview_runs_on_the_training_device_when_the_data_stay
                                      world_size=1, precision="32-true")
     seen = []
 
-    def augment_on_the_spot(images, codes, *args):
+    def augment_on_the_spot(images, codes, *args, **kwargs):
         seen.append((images.device, images.shape))
         return torch.zeros(len(images), 3, 32, 32)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import GRIDS, PYTHON, TINY_FLAGS, built_once, python
+from helpers import GRIDS, TINY_FLAGS, built_once, python
 from PIL import Image
 from synthetic import write_image_folder
 
@@ -42,7 +43,7 @@ def launch(flags: list[str], launcher: str = "lightning") -> subprocess.Complete
     """train.py on two processes. Lightning's launcher starts the second once the first has imported everything
     (seconds later); torchrun starts both side by side, as a cluster job does."""
     by = {"lightning": [], "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]}
-    return subprocess.run([PYTHON, *by[launcher], "train.py", *flags], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, *by[launcher], "train.py", *flags], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
 
 

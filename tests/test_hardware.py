@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -145,6 +148,36 @@ def test_a_flag_or_config_value_wins_over_the_plan(monkeypatch):
     assert applied.run.precision == "32-true" and applied.model.channels_last is applied.data.channels_last is False
 
 
+@pytest.mark.parametrize("model", ["resnet18", "resnet34", "resnet9"])
+def test_the_cpu_keeps_nchw_where_onednn_would_hang_on_a_narrow_strided_pointwise_convolution(monkeypatch, model):
+    """oneDNN's AVX2 kernel for the weight gradient of a strided 1x1 convolution in NHWC crashes or hangs below 8
+    input channels (docs/cpu_channels_last.md): the ResNets' shortcuts get `width` of them."""
+    emulate(monkeypatch, "CPU")
+    widths = range(1, 65) if model == "resnet18" else (1, 4, 7, 8, 9, 64)  # the others share its stages' widths
+    for width in widths:
+        hardware = plan.plan_hardware(config_for("--model", model, "--width", str(width)))
+        narrowest = plan.narrowest_strided_pointwise(model, width)
+        assert hardware.channels_last is (narrowest is None or narrowest >= 8), (model, width)
+    if model != "resnet9":  # no strided 1x1 convolution in it
+        narrow = config_for("--model", model, "--width", "4")
+        assert "NCHW: oneDNN's NHWC backward" in plan.plan_hardware(narrow).reasons["channels_last"]
+        with pytest.raises(plan.HardwareError, match="--channels-last cannot work here"):
+            plan.plan_hardware(config_for("--model", model, "--width", "4", "--channels-last"))
+
+
+@pytest.mark.slow
+def test_a_cpu_run_at_width_4_finishes_where_onednn_uses_its_avx2_kernels(image_folder, tmp_path):
+    """The hang as it was met, on an AVX2 CPU: a process of its own, because oneDNN reads ONEDNN_MAX_CPU_ISA once,
+    when it starts. Before the plan kept NCHW here, this run crashed or spun forever in most tries."""
+    flags = [*TINY_FLAGS, "--width", "4", "--batch-size", "8", "--max-epochs", "1", "--limit-train-batches", "5",
+             "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs")]
+    result = subprocess.run([sys.executable, "train.py", *flags], cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "channels_last   off: NCHW: oneDNN's NHWC backward" in result.stderr
+
+
 def test_a_preset_that_compiles_runs_eager_where_inductor_cannot_but_the_flag_is_refused(monkeypatch):
     emulate(monkeypatch, "P100")
     preset = Path(__file__).resolve().parent.parent / "configs" / "fast85.yaml"
@@ -263,7 +296,8 @@ def test_a_dry_run_whose_plan_does_not_fit_says_so_and_names_what_to_lower(monke
 
 @pytest.mark.slow
 def test_a_real_run_that_may_not_fit_warns_at_start_and_still_trains(image_folder, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(plan, "probe_cpu", lambda: devices.Device("cpu", 0, "a small CPU", free_bytes=64 * 2**20))
+    monkeypatch.setattr(plan, "probe_cpu", lambda: devices.Device(kind="cpu", index=0, name="a small CPU",
+                                                                      free_bytes=64 * 2**20))
     with caplog.at_level("INFO"):
         assert main([*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"),
                      "--max-epochs", "1", "--target-acc", "1.0"]) == 0

@@ -113,3 +113,66 @@ def test_the_project_root_is_the_checkout_that_holds_the_commands():
     from cifar_lit.reporting.provenance import PROJECT_ROOT
 
     assert (PROJECT_ROOT / "train.py").is_file() and (PROJECT_ROOT / "configs" / "default.yaml").is_file()
+
+
+# ------------------------------------------------------------------------------------------------- signatures
+
+MOST_POSITIONAL = 4  # past four, parameters are taken by keyword: two of one type swapped would be silently wrong
+
+
+def lightning_hooks() -> set[str]:
+    """Methods Lightning calls with its own argument order: their signatures stay as Lightning defines them."""
+    import pytorch_lightning as pl
+
+    return (set(dir(pl.Callback)) | set(dir(pl.LightningModule)) | set(dir(pl.LightningDataModule))) - {"__init__"}
+
+
+def long_positional_signatures(source: str, hooks: set[str]) -> list[str]:
+    """`name (N positional)` for each function of `source` with more than MOST_POSITIONAL positional parameters
+    (self and cls aside), and `name (N fields)` for each dataclass of more than MOST_POSITIONAL fields without
+    kw_only=True."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in hooks:
+            positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+            if len(positional) > MOST_POSITIONAL:
+                found.append(f"{node.name} ({len(positional)} positional)")
+        elif isinstance(node, ast.ClassDef):
+            decorators = [ast.unparse(decorator) for decorator in node.decorator_list]
+            fields = sum(isinstance(statement, ast.AnnAssign) for statement in node.body)
+            if any(d.startswith("dataclass") for d in decorators) and fields > MOST_POSITIONAL and not any(
+                    "kw_only=True" in d for d in decorators):
+                found.append(f"{node.name} ({fields} fields)")
+    return found
+
+
+def test_functions_and_dataclasses_take_what_is_past_four_by_keyword():
+    hooks = lightning_hooks()
+    found = [f"{path.relative_to(PACKAGE.parent)}: {what}" for path in sorted(modules().values())
+             for what in long_positional_signatures(path.read_text(), hooks)]
+    assert not found, "\n".join(found)
+
+
+def test_the_signature_rule_sees_long_functions_and_dataclasses():
+    """A control: the reader finds a five-parameter function and a five-field dataclass, and lets a hook and a
+    keyword-only signature pass."""
+    source = ("def five(a, b, c, d, e): pass\ndef fine(a, b, c, d, *, e): pass\n"
+              "def on_train_batch_end(self, trainer, module, outputs, batch, index): pass\n"
+              "@dataclass\nclass Wide:\n    a: int\n    b: int\n    c: int\n    d: int\n    e: int\n"
+              "@dataclass(kw_only=True)\nclass Named:\n    a: int\n    b: int\n    c: int\n    d: int\n    e: int\n")
+    assert long_positional_signatures(source, lightning_hooks()) == ["five (5 positional)", "Wide (5 fields)"]
+
+
+def test_the_datamodule_is_at_most_250_lines():
+    """The DataModule wires the data's parts together; the parts live beside it (sources, cache, splits,
+    normalization, the batch transforms, the PIL path)."""
+    assert len((PACKAGE / "data" / "datamodule.py").read_text().splitlines()) <= 250
+
+
+def test_no_test_file_implements_a_server():
+    """Tests call the code in-process, or start the program a person would start; none serves or forks its own."""
+    tests = Path(__file__).resolve().parent
+    servers = [f"{path.name}: {word}" for path in sorted(tests.glob("*.py"))
+               for word in ("os.fork(", ".accept(", "socketserver", "AF_UNIX", "pidfd")
+               if word in path.read_text() and path.name != Path(__file__).name]
+    assert not servers, servers

@@ -16,7 +16,7 @@ def test_a_few_sgd_steps_lower_the_loss():
     torch.manual_seed(0)
     model = CIFARClassifier(ModelOptions(lr=0.05, label_smoothing=0.0, width=8))  # narrow: the full one took 9 s
     images, labels = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    optimizer = build_sgd(model.model, 0.05, 0.9, True, 5e-4)
+    optimizer = build_sgd(model.model, 0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     losses = []
     for _ in range(8):
         loss = model.train_criterion(model(images), labels)
@@ -33,7 +33,8 @@ def test_batch_norm_and_biases_get_no_weight_decay():
     assert all(p.ndim == 4 for p in decay[:-1]) and decay[-1] is model.linear.weight
     assert any(p is model.bn1.weight for p in no_decay)
     assert any(p is model.linear.bias for p in no_decay)
-    optimizer = build_sgd(model, 0.1, 0.9, True, 5e-4, norm_bias_weight_decay=0.0, norm_bias_lr_scale=0.5)
+    optimizer = build_sgd(model, 0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, norm_bias_weight_decay=0.0,
+                          norm_bias_lr_scale=0.5)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.05]
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
@@ -91,12 +92,14 @@ def test_lr_scales_with_the_global_batch():
 
 def test_schedule_rebuilt_over_a_longer_run_keeps_the_step():
     model = torch.nn.Linear(2, 2)
-    first = build_scheduler(build_sgd(model, 1.0, 0.9, True, 0.0), "linear", 100, 0.0, 1.0, 0.0)
+    first = build_scheduler(build_sgd(model, 1.0, momentum=0.9, nesterov=True, weight_decay=0.0), "linear",
+                            total_steps=100, warmup_fraction=0.0, start_factor=1.0, end_factor=0.0)
     for _ in range(50):
         first.optimizer.step()
         first.step()
     assert first.get_last_lr()[0] == pytest.approx(0.5)
-    second = build_scheduler(build_sgd(model, 1.0, 0.9, True, 0.0), "linear", 200, 0.0, 1.0, 0.0)
+    second = build_scheduler(build_sgd(model, 1.0, momentum=0.9, nesterov=True, weight_decay=0.0), "linear",
+                             total_steps=200, warmup_fraction=0.0, start_factor=1.0, end_factor=0.0)
     second.load_state_dict(first.state_dict())
     second.optimizer.step()
     second.step()

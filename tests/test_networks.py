@@ -50,7 +50,7 @@ def test_each_network_trains_names_itself_resumes_evaluates_exports_and_serves(n
     bundle = Bundle.load(space)
     assert json.loads((space / "bundle.json").read_text())["model"] == bundle.model == name
     picture = next((image_folder / "test" / "cat").iterdir())
-    top, overlays, _, status = classify(Classifier(bundle), [str(picture)], 3, 0.5, "layer3")
+    top, overlays, _, status = classify(Classifier(bundle), [str(picture)], k=3, opacity=0.5, layer="layer3")
     assert len(top) == 3 and len(overlays) == 1 and status == "Classified 1 image(s)."
 
 

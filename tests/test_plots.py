@@ -29,14 +29,19 @@ FIGURES = {
     "confusion, 100 classes": lambda: plots.confusion_matrix_figure(
         RNG.integers(0, 9, (100, 100)), [f"class_{i:02d}" for i in range(100)], "Confusion matrix, 100 classes"),
     "per class": lambda: plots.per_class_accuracy_figure(RNG.random(10), NAMES, "Accuracy per class, test set"),
-    "lr range test": lambda: plots.lr_find_figure(np.logspace(-5, 0, 50), np.linspace(2.3, 1.0, 50), 1e-2, "LR",
-                                                  2e-3, np.linspace(2.4, 0.9, 50), 2.3),
-    "prediction grid": lambda: plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, NAMES, "Misclassified images"),
-    "empty grid": lambda: plots.prediction_grid_figure(IMAGES[:0], [], [], NAMES,
-                                                       "Misclassified test images (0 shown), best checkpoint"),
-    "grad-cam grid": lambda: plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, TRUE, PREDICTED, [0.5] * 12, NAMES,
-                                                       "Grad-CAM (layer3): misclassified images"),
-    "augmentation": lambda: plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], NAMES, "As stored"),
+    "lr range test": lambda: plots.lr_find_figure(np.logspace(-5, 0, 50), np.linspace(2.3, 1.0, 50), 1e-2, title="LR",
+                                                  lightning_suggested=2e-3, raw_losses=np.linspace(2.4, 0.9, 50),
+                                                  guessing_loss=2.3),
+    "prediction grid": lambda: plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, class_names=NAMES,
+                                                            title="Misclassified images"),
+    "empty grid": lambda: plots.prediction_grid_figure(IMAGES[:0], [], [], class_names=NAMES,
+                                                       title="Misclassified test images (0 shown), best checkpoint"),
+    "grad-cam grid": lambda: plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, true_labels=TRUE,
+                                                       predicted_labels=PREDICTED, confidences=[0.5] * 12,
+                                                       class_names=NAMES,
+                                                       title="Grad-CAM (layer3): misclassified images"),
+    "augmentation": lambda: plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], class_names=NAMES,
+                                                      title="As stored"),
 }
 
 
@@ -54,7 +59,8 @@ def test_every_label_lies_inside_the_picture(make):
 
 
 def test_a_grid_shows_each_image_crisply_where_its_caption_says():
-    figure = plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, NAMES, "Misclassified images", columns=8)
+    figure = plots.prediction_grid_figure(IMAGES, TRUE, PREDICTED, class_names=NAMES, title="Misclassified images",
+                                          columns=8)
     pixels = plots.render(figure).astype(int)
     axis = figure.axes[0]
     captions = [text for text in axis.texts if text.get_text().startswith("true:")]
@@ -84,14 +90,16 @@ def test_a_grad_cam_cell_is_the_image_blended_with_its_map():
 
 
 def test_wrong_predictions_get_the_true_class_map_beside_them():
-    figure = plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, TRUE, PREDICTED, [0.5] * 12, NAMES, "Grad-CAM")
+    figure = plots.gradcam_grid_figure(IMAGES, MAPS, MAPS, true_labels=TRUE, predicted_labels=PREDICTED,
+                                       confidences=[0.5] * 12, class_names=NAMES, title="Grad-CAM")
     texts = [text.get_text() for text in figure.axes[0].texts]
     assert texts.count("map of true: automobile") == 1 and texts.count("map of true: deer") == 1
     assert len([text for text in texts if text.startswith("true:")]) == 12
 
 
 def test_each_augmented_image_sits_under_the_same_image_as_stored():
-    figure = plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], NAMES, "As stored", columns=8)
+    figure = plots.augmentation_figure(IMAGES[:11], IMAGES[:11], TRUE[:11], class_names=NAMES, title="As stored",
+                                       columns=8)
     texts = [text for text in figure.axes[0].texts if text.get_text() != "As stored"]
     stored = [text for text in texts if text.get_text() != "augmented"]
     augmented = [text for text in texts if text.get_text() == "augmented"]
@@ -100,7 +108,7 @@ def test_each_augmented_image_sits_under_the_same_image_as_stored():
     for above, below in zip(stored, augmented, strict=True):
         (x_above, y_above), (x_below, y_below) = above.get_position(), below.get_position()
         assert x_above == x_below and y_below > y_above  # same column, lower on the page (y grows downwards)
-    narrow = plots.augmentation_figure(IMAGES[:3], IMAGES[:3], TRUE[:3], NAMES, "Three")
+    narrow = plots.augmentation_figure(IMAGES[:3], IMAGES[:3], TRUE[:3], class_names=NAMES, title="Three")
     assert narrow.get_size_inches()[0] < figure.get_size_inches()[0], "three images make a narrower picture"
 
 
@@ -116,7 +124,7 @@ def test_a_figure_is_drawn_once_for_tensorboard_and_its_png_and_not_at_all_for_n
     real_render = plots.render
     monkeypatch.setattr(plots, "render", lambda figure: draws.append(figure) or real_render(figure))
     writer, figure = Writer(), FIGURES["per class"]()
-    plots.publish_figure(writer, "test/per_class_accuracy", 7, figure, tmp_path / "per_class_accuracy.png")
+    plots.publish_figure(writer, "test/per_class_accuracy", 7, figure, path=tmp_path / "per_class_accuracy.png")
     assert len(draws) == 1
     ((tag, pixels, step, dataformats),) = writer.images
     assert (tag, step, dataformats) == ("test/per_class_accuracy", 7, "HWC") and pixels.dtype == np.uint8

@@ -27,7 +27,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_killed_ones_lock_is_taken_ove
                                                                                   caplog):
     logdir = tmp_path / "logs"
     process = start_training([*noisy_flags, "--target-acc", "1.0", "--max-epochs", "60"])
-    pid = process.program_pid()
+    pid = process.pid
     try:
         wait_for(logdir, "version_*/checkpoints/last.ckpt", process)
         (run_dir,) = logdir.glob("version_*")

@@ -1,23 +1,26 @@
 """A SIGTERM in every phase of a run: exit 128 + 15, one line saying what is on disk and the exact command that
 carries on, last.ckpt either absent, untouched or holding exactly the state it names, and that command finishing
-the run (tested and summarised)."""
+the run (tested and summarised).
+
+The run signals itself the moment it enters the phase, in this process: Python runs a signal's handler in the main
+thread between two bytecodes, wherever the signal came from, so this is what a SIGTERM from outside does there.
+(tests/test_faults.py sends real ones from outside, to a train.py process.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import python
+from helpers import on_entering
 
+from cifar_lit import phases
 from cifar_lit.reliability import checkpoints
 from cifar_lit.run.train import main
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNNER = Path(__file__).with_name("phase_hold_runner.py")
 SHORT = ["--width", "8", "--target-acc", "1.0", "--max-epochs", "2"]
 STEPS = 20  # 2 epochs of 10 steps
 
@@ -34,26 +37,26 @@ CASES = {
 }
 
 
-def signalled_run(phase: str, flags: list[str], tmp_path: Path) -> tuple[int, str]:
+def signalled_run(phase: str, flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """train.py that sends itself SIGTERM the first time it enters `phase` (after HOLD_AFTER, if set); its exit
+    status and standard error."""
     after, extra, _ = CASES[phase]
-    env = {"HOLD_PHASE": phase, **({"HOLD_AFTER": after} if after else {}), "PYTHONPATH": str(ROOT)}
-    process = python([str(RUNNER), *flags, *SHORT, *extra, "--compile-cache", str(tmp_path / "compile-cache")],
-                     cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        if line.startswith(f"entered {phase}"):
-            process.send_signal(signal.SIGTERM)
-            break
-    lines += process.stderr.readlines()
-    return process.wait(timeout=300), "".join(lines)
+
+    def signal_itself(name: str) -> None:
+        print(f"entered {name}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(phases.PhaseClock, "__init__", on_entering(phase, after, signal_itself))
+        code = main([*flags, *SHORT, *extra, "--compile-cache", str(tmp_path / "compile-cache")])
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", list(CASES))
-def test_a_signal_in_any_phase_ends_well_and_resumes(phase, noisy_flags, tmp_path):
+def test_a_signal_in_any_phase_ends_well_and_resumes(phase, noisy_flags, tmp_path, capsys, quick_compile):
     logdir = tmp_path / "logs"
-    code, err = signalled_run(phase, noisy_flags, tmp_path)
+    code, err = signalled_run(phase, noisy_flags, tmp_path, capsys)
     assert f"entered {phase}" in err, err
     assert code == 128 + signal.SIGTERM, err
     (line,) = [line for line in err.splitlines() if line.startswith("Stopped by signal 15")]

@@ -2,12 +2,13 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import EVERY_EPOCH_FIGURES, PYTHON
+from helpers import EVERY_EPOCH_FIGURES
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -23,15 +24,10 @@ def run_dirs(logdir: Path) -> list[Path]:
     return sorted(logdir.glob("version_*")) if logdir.exists() else []
 
 
-def run_cli(args, cwd=ROOT):
-    return subprocess.run([PYTHON, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_fast_dev_run_runs_one_batch_and_writes_nothing(tiny_flags, tmp_path):
-    result = run_cli([*tiny_flags, "--fast-dev-run"])
-    assert result.returncode == 0, result.stderr
-    assert "fast-dev-run finished" in result.stdout
+def test_fast_dev_run_runs_one_batch_and_writes_nothing(tiny_flags, tmp_path, capsys):
+    assert main([*tiny_flags, "--fast-dev-run"]) == 0
+    assert "fast-dev-run finished" in capsys.readouterr().out
     assert run_dirs(tmp_path / "logs") == []
 
 
@@ -253,16 +249,21 @@ def test_missing_gpu_is_reported_before_any_download_is_tried(tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_command_line_error_exits_non_zero_without_traceback(tiny_flags):
-    result = run_cli([*tiny_flags, "--max-epochs", "0"])
+def test_train_py_as_a_program_exits_2_with_one_error_paragraph_and_no_traceback(tiny_flags):
+    """The one test of train.py as its own process: the exit status and the standard error a shell sees."""
+    result = subprocess.run([sys.executable, "train.py", *tiny_flags, "--max-epochs", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, "one paragraph"
 
 
-def test_help_lists_every_flag_of_the_issue():
-    result = run_cli(["--help"])
-    assert result.returncode == 0
+def test_help_lists_every_flag_of_the_issue(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
     for flag in ("--gpus", "--config", "--data-dir", "--download", "--no-download", "--max-epochs", "--target-acc",
                  "--batch-size", "--lr", "--seed", "--resume", "--fast-dev-run", "--logdir", "--precision",
                  "--accelerator", "--devices", "--num-nodes", "--strategy"):
-        assert flag in result.stdout, flag
+        assert flag in printed, flag

@@ -71,7 +71,7 @@ def prepare(args: argparse.Namespace, folder: Path, device: torch.device) -> Bun
     model = load_trained_model(checkpoint_file(args.ckpt, resuming=False), device)
     data_dir = args.data_dir or recorded_data_dir(args.ckpt)
     test = evaluation_split(model, data_dir) if data_dir is not None and data_dir.exists() else None
-    write_bundle(folder, args.ckpt, test, device, model)
+    write_bundle(folder, args.ckpt, test, device=device, model=model)
     return Bundle.load(folder)
 
 

@@ -50,7 +50,7 @@ def gradio() -> Any:
     return gradio
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Bundle:
     """What the page needs of a trained model."""
 
@@ -70,9 +70,10 @@ class Bundle:
         folder = Path(folder)
         meta = json.loads((folder / "bundle.json").read_text())
         weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        return Bundle(weights, meta.get("model", DEFAULT_MODEL), meta["width"], meta["class_names"], meta["mean"],
-                      meta["std"], meta.get("info", {}), [str(folder / path) for path in meta.get("examples", [])],
-                      [(str(folder / path), caption) for path, caption in meta.get("gallery", [])])
+        return Bundle(weights=weights, model=meta.get("model", DEFAULT_MODEL), width=meta["width"],
+                      class_names=meta["class_names"], mean=meta["mean"], std=meta["std"], info=meta.get("info", {}),
+                      examples=[str(folder / path) for path in meta.get("examples", [])],
+                      gallery=[(str(folder / path), caption) for path, caption in meta.get("gallery", [])])
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -128,7 +129,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, opacity: float, scale: int = 5)
     return picture.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)
 
 
-def classify(classifier: Classifier, files: list[Any] | None, k: int, opacity: float, layer: str
+def classify(classifier: Classifier, files: list[Any] | None, *, k: int, opacity: float, layer: str
              ) -> tuple[dict[str, float], list[tuple[Image.Image, str]], str, str]:
     """(top-k of the first image, overlays with captions, a table of every image's top-k, a status message)."""
     names = classifier.bundle.class_names
@@ -191,7 +192,8 @@ def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
                 overlays = gr.Gallery(label="where the network looked (predicted class)", columns=4, height="auto",
                                       object_fit="contain", allow_preview=False)
                 table = gr.Markdown(elem_id="table")
-        run.click(lambda *args: classify(classifier, *args), [files, k, opacity, layer], [top, overlays, table, status],
+        run.click(lambda chosen, top_k, alpha, at: classify(classifier, chosen, k=top_k, opacity=alpha, layer=at),
+                  [files, k, opacity, layer], [top, overlays, table, status],
                   api_name="classify")
         if bundle.examples:
             gr.Examples([[[path]] for path in bundle.examples], inputs=[files], label="examples: click one")

@@ -1,10 +1,12 @@
 """Time-to-accuracy benchmark: `python -m cifar_lit.bench --preset fast85 --seeds 5 --data-dir DIR`.
 
-Each seed runs the real command, `python train.py --config configs/<preset>.yaml --seed S ...`, in a subprocess:
-its wall time is the end-to-end time, and its summary.json gives the training seconds to the target (Lightning's
-Timer from the first training step, compile warm-up excluded and reported apart), epochs, test accuracy, images/s,
-peak GPU memory and where the run's seconds went (phases). All seeds share one compile cache that starts empty
-(--compile-cache to use another): with a compiled preset the first seed starts cold and the others warm, and the
+Each seed runs the real command, `train.py --config configs/<preset>.yaml --seed S ...`, through `cifar_lit.fit` in
+this process; its summary.json gives the training seconds to the target (Lightning's Timer from the first training
+step, compile warm-up excluded and reported apart), epochs, test accuracy, images/s, peak GPU memory and where the
+run's seconds went (phases). The first seed's wall time counts from this process's start, imports included, as a
+`python train.py` process's would; later seeds count from their own start. All seeds share one compile cache that
+starts empty (--compile-cache to use another), and Dynamo's in-memory graphs are dropped between seeds, so with a
+compiled preset the first seed starts cold and the others warm from the disk cache, as new processes would; the
 record reports cold and warm wall and warm-up seconds apart. In the same invocation it runs the bare PyTorch loop
 (cifar_lit.bench.bare_loop) on the same recipe and data path, and the PIL data path on the same preset, and reports
 both as ratios. GPU busy time is sampled with NVML during each run's training window when pynvml is available.
@@ -21,13 +23,14 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from cifar_lit.bench.bare_loop import bare_training_run
 from cifar_lit.hardware.plan import plan_hardware
@@ -42,6 +45,7 @@ from cifar_lit.reporting.provenance import (
 )
 from cifar_lit.run.config import parse_options
 from cifar_lit.run.stop_at_target import CIFAR10_TARGET
+from cifar_lit.run.train import fit
 from cifar_lit.training.compile_cache import compile_cache
 
 
@@ -98,21 +102,21 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
     return {"median": statistics.median(present), "min": min(present), "max": max(present)}
 
 
-def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[str], sampler: GpuBusySampler,
-              log_file: Path | None) -> dict[str, Any]:
-    """One `python train.py` run in a subprocess; its summary plus wall time and GPU busy share, its command and
-    its run folder."""
-    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config", str(preset), "--seed", str(seed),
-               "--data-dir", data_dir, "--logdir", str(logdir), *extra]
+def run_train(preset: Path, seed: int, *, data_dir: str, logdir: Path, extra: list[str], sampler: GpuBusySampler,
+              log_file: Path | None, started: float | None = None) -> dict[str, Any]:
+    """One train.py run through `cifar_lit.fit`: its summary plus wall time and GPU busy share, its command and its
+    run folder. `started`: when this process began (its first run's wall includes the imports, as train.py's)."""
+    argv = ["--config", str(preset), "--seed", str(seed), "--data-dir", data_dir, "--logdir", str(logdir), *extra]
+    torch._dynamo.reset()  # each run compiles from the disk cache, as a new process would
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
-    wall = time.perf_counter() - start
+    result = fit(argv, started=started)
+    wall = time.perf_counter() - (started if started is not None else start)
     if log_file is not None:
         with open(log_file, "a") as handle:
-            handle.write(f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}\n")
-    if result.returncode != 0:
-        raise RuntimeError(f"train.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    summary_path = max(logdir.glob("version_*/summary.json"), key=lambda p: p.stat().st_mtime_ns)
+            handle.write(f"$ {command_line(argv, 'train.py')}\n{result}\n")
+    if result.outcome != "finished":
+        raise RuntimeError(f"train.py {' '.join(argv)} ended as {result.outcome}: {result.stop_reason}")
+    summary_path = result.run_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
     return {
         "seed": seed,
@@ -138,7 +142,7 @@ def run_train(preset: Path, seed: int, data_dir: str, logdir: Path, extra: list[
         "device": summary["device"],
         "versions": summary.get("versions"),
         "git_commit": summary.get("git_commit"),
-        "command": command_line(command[2:], "train.py"),
+        "command": command_line(argv, "train.py"),
         "run_dir": str(summary_path.parent),
     }
 
@@ -245,7 +249,8 @@ def markdown_table(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """The benchmark of `argv`; `started`: when this process began (`python -m cifar_lit.bench` passes it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="fast85", help="name in configs/ or a YAML path")
     parser.add_argument("--seeds", type=int, default=5, help="train.py runs, one per seed (0: only the bare loop)")
@@ -289,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--compile-cache", cache, *extra]
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            runs.append(run_train(preset, seed, args.data_dir, runs_dir / f"{kind}-seed{seed}", extra, sampler,
-                                  log_file))
+            runs.append(run_train(preset, seed, data_dir=args.data_dir, logdir=runs_dir / f"{kind}-seed{seed}",
+                                  extra=extra, sampler=sampler, log_file=log_file,
+                                  started=started if not runs else None))
             append_result(jsonl, kind, runs[-1], preset=preset.stem)
             print(f"seed {seed}: {json.dumps({k: v for k, v in runs[-1].items() if k != 'val_acc_per_epoch'})}",
                   flush=True)
@@ -299,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         record["reached"] = all(run["reached"] for run in runs)
         record["gpu_busy_sampled"] = sampler.available
         if args.pil_epochs:
-            pil = run_train(preset, args.first_seed, args.data_dir, runs_dir / f"{kind}-pil", [
-                *extra, "--data-path", "pil", "--num-workers", str(args.pil_workers), "--max-epochs",
-                str(args.pil_epochs), "--target-acc", "1.0"], sampler, log_file)
+            pil = run_train(preset, args.first_seed, data_dir=args.data_dir, logdir=runs_dir / f"{kind}-pil",
+                            extra=[*extra, "--data-path", "pil", "--num-workers", str(args.pil_workers),
+                                   "--max-epochs", str(args.pil_epochs), "--target-acc", "1.0"],
+                            sampler=sampler, log_file=log_file)
             append_result(jsonl, "pil", pil, preset=preset.stem)
             record["pil_data_path"] = {key: pil[key] for key in ("images_per_second", "wall_seconds", "epochs_run",
                                                                  "gpu_busy_percent")}

@@ -28,7 +28,7 @@ class Draws(NamedTuple):
     cx: torch.Tensor
 
 
-def draw_codes(batch: int, padding: int, flip: bool, cutout: int, size: tuple[int, int], generator: torch.Generator,
+def draw_codes(batch: int, padding: int, *, flip: bool, cutout: int, size: tuple[int, int], generator: torch.Generator,
                device: torch.device) -> torch.Tensor:
     """One integer per image that encodes all of its random choices (uniform and independent): one kernel."""
     height, width = size
@@ -36,7 +36,7 @@ def draw_codes(batch: int, padding: int, flip: bool, cutout: int, size: tuple[in
     return torch.randint(0, choices, (batch,), generator=generator, device=device)
 
 
-def decode(codes: torch.Tensor, padding: int, flip: bool, cutout: int, size: tuple[int, int]) -> Draws:
+def decode(codes: torch.Tensor, padding: int, *, flip: bool, cutout: int, size: tuple[int, int]) -> Draws:
     """The choices `draw_codes` packed into each code, in the order crop rows, crop columns, flip, Cutout."""
     height, width = size
     offsets = 2 * padding + 1
@@ -80,13 +80,13 @@ def to_network(images: torch.Tensor, dtype: torch.dtype, channels_last: bool) ->
     return out if channels_last else out.contiguous()
 
 
-def normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype = torch.float32,
+def normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, dtype: torch.dtype = torch.float32,
               channels_last: bool = True) -> torch.Tensor:
     """uint8 NHWC [0, 255] -> normalized NCHW in `dtype`, as ToTensor() + Normalize(mean, std) do."""
     return to_network(images.float() * scale + shift, dtype, channels_last)
 
 
-def augment(padded: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, padding: int,
+def augment(padded: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, padding: int,
             flip: bool, cutout: int, dtype: torch.dtype = torch.float32, channels_last: bool = True) -> torch.Tensor:
     """Crop, mirror, normalize and cut out one training batch of zero-padded uint8 NHWC images.
 
@@ -94,7 +94,7 @@ def augment(padded: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, shif
     column W-1-j. Cutout zeroes a square of the normalized image. Out: NCHW in `dtype`.
     """
     height, width = padded.shape[1] - 2 * padding, padded.shape[2] - 2 * padding
-    draws = decode(codes, padding, flip, cutout, (height, width))
+    draws = decode(codes, padding, flip=flip, cutout=cutout, size=(height, width))
     rows = draws.dy[:, None] + torch.arange(height, device=padded.device)
     cols = torch.arange(width, device=padded.device)
     cols = draws.dx[:, None] + torch.where(draws.flip[:, None], width - 1 - cols, cols)

@@ -68,16 +68,16 @@ class BatchTransforms:
         options = self.options
         generator = self._generator(images.device)
         generator.manual_seed(derive_seed(options.seed, epoch, index, rank))
-        codes = draw_codes(len(images), options.crop_padding, options.flip, options.cutout, (IMAGE_SIZE, IMAGE_SIZE),
-                           generator, images.device)
+        codes = draw_codes(len(images), options.crop_padding, flip=options.flip, cutout=options.cutout,
+                           size=(IMAGE_SIZE, IMAGE_SIZE), generator=generator, device=images.device)
         scale, shift = self.constants(images.device)
-        return self.augment_fn(images, codes, scale, shift, options.crop_padding, options.flip, options.cutout, dtype,
-                               bool(options.channels_last))
+        return self.augment_fn(images, codes, scale, shift, padding=options.crop_padding, flip=options.flip,
+                               cutout=options.cutout, dtype=dtype, channels_last=bool(options.channels_last))
 
     def eval(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """An evaluation batch of uint8 NHWC images, normalized into the network's input."""
         scale, shift = self.constants(images.device)
-        return self.normalize_fn(images, scale, shift, dtype, bool(self.options.channels_last))
+        return self.normalize_fn(images, scale, shift, dtype=dtype, channels_last=bool(self.options.channels_last))
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Normalized NCHW batches back to [0, 1] for pictures."""

@@ -90,8 +90,9 @@ class ImageDataModule(pl.LightningDataModule):
         if self.dataset is None:
             options = self.options
             cache = Path(options.cache_dir).expanduser() if options.cache_dir else None
-            self.dataset = open_dataset(self.data_dir, options.dataset, options.cifar100_labels, cache,
-                                        options.verify_checksums, options.resize)
+            self.dataset = open_dataset(self.data_dir, options.dataset, cifar100_labels=options.cifar100_labels,
+                                        cache_dir=cache, verify_checksums=options.verify_checksums,
+                                        resize=options.resize)
             self.class_names = self.dataset.class_names
             log.info("Data: %s.", self.dataset.describe())
         return self.dataset

@@ -202,7 +202,7 @@ def read_cache(path: Path, expected_fingerprint: str) -> Split | None:
         return None
 
 
-def load_image_folder_split(root: Path, split: str, cache_dir: Path | None = None, resize: bool = False,
+def load_image_folder_split(root: Path, split: str, cache_dir: Path | None = None, *, resize: bool = False,
                             classes: tuple[str, ...] | None = None) -> Split:
     """One split of an image folder, from the uint8 cache when it matches the files, else decoded and cached."""
     classes = classes or image_folder_classes(root)

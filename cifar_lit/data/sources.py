@@ -152,7 +152,7 @@ def unpickle(path: Path, what: str) -> dict:
         ) from None
 
 
-def checked_file(folder: Path, name: str, expected_md5: str, verify: bool, what: str) -> Path:
+def checked_file(folder: Path, name: str, *, expected_md5: str, verify: bool, what: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise DataError(f"{path} is missing from torchvision's {what} folder. Delete {folder} and run again with "
@@ -180,13 +180,14 @@ def read_batch_file(path: Path, label_key: str = "labels", classes: int = 10, wh
     return np.ascontiguousarray(images), labels
 
 
-def load_torchvision_split(data_dir: Path, split: str, verify_checksums: bool = True, dataset: str = "cifar10",
+def load_torchvision_split(data_dir: Path, split: str, *, verify_checksums: bool = True, dataset: str = "cifar10",
                            labels: str = "fine", classes: int = 10) -> Split:
     """One split of torchvision's pickled CIFAR-10 or CIFAR-100, each file checked against its MD5 first."""
     folder = data_dir / (CIFAR10_FOLDER if dataset == "cifar10" else CIFAR100_FOLDER)
     label_key = "labels" if dataset == "cifar10" else CIFAR100_LABEL_KEYS[labels][0]
     what = f"{NAMES[dataset]} batch"
-    parts = [read_batch_file(checked_file(folder, name, md5, verify_checksums, NAMES[dataset]), label_key, classes,
+    parts = [read_batch_file(checked_file(folder, name, expected_md5=md5, verify=verify_checksums,
+                                          what=NAMES[dataset]), label_key, classes,
                              what) for name, md5 in TORCHVISION_FILES[dataset][split]]
     split_data = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     if len(split_data) == 0:
@@ -197,7 +198,9 @@ def load_torchvision_split(data_dir: Path, split: str, verify_checksums: bool = 
 def cifar100_classes(data_dir: Path, labels: str, verify_checksums: bool) -> tuple[str, ...]:
     """CIFAR-100's class names from its meta file: the 100 fine classes, or the 20 coarse superclasses."""
     folder = data_dir / CIFAR100_FOLDER
-    meta = unpickle(checked_file(folder, *CIFAR100_META, verify_checksums, "CIFAR-100"), "CIFAR-100 meta")
+    name, md5 = CIFAR100_META
+    meta = unpickle(checked_file(folder, name, expected_md5=md5, verify=verify_checksums, what="CIFAR-100"),
+                    "CIFAR-100 meta")
     names = meta.get(CIFAR100_LABEL_KEYS[labels][1]) if isinstance(meta, dict) else None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names) or len(names) < 2:
         raise DataError(f"The CIFAR-100 meta file {folder / CIFAR100_META[0]} has no list of "
@@ -208,7 +211,7 @@ def cifar100_classes(data_dir: Path, labels: str, verify_checksums: bool) -> tup
 # ------------------------------------------------------------------------------------------------------ data set
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataSet:
     """A data set as it lies on disk: which one (`kind`), its class names in label order, and how to read a split."""
 
@@ -231,12 +234,14 @@ class DataSet:
 
     def load(self, split: str) -> Split:
         if self.source == "folder":
-            return load_image_folder_split(self.data_dir, split, self.cache_dir, self.resize, self.class_names)
-        return load_torchvision_split(self.data_dir, split, self.verify_checksums, self.source, self.labels,
-                                      len(self.class_names))
+            return load_image_folder_split(self.data_dir, split, self.cache_dir, resize=self.resize,
+                                           classes=self.class_names)
+        return load_torchvision_split(self.data_dir, split, verify_checksums=self.verify_checksums,
+                                      dataset=self.source, labels=self.labels,
+                                      classes=len(self.class_names))
 
 
-def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "fine", cache_dir: Path | None = None,
+def open_dataset(data_dir: Path, dataset: str = "auto", *, cifar100_labels: str = "fine", cache_dir: Path | None = None,
                  verify_checksums: bool = True, resize: bool = False, downloadable: bool = True) -> DataSet:
     """The data set `dataset` means in `data_dir` ("auto": whatever it holds), with its class list."""
     data_dir = Path(data_dir)
@@ -244,20 +249,24 @@ def open_dataset(data_dir: Path, dataset: str = "auto", cifar100_labels: str = "
     if source is None:
         raise DataError(missing_data_message(data_dir, dataset, downloadable))
     if source == "cifar10":
-        return DataSet("cifar10", data_dir, CIFAR10_CLASSES, source, verify_checksums)
+        return DataSet(kind="cifar10", data_dir=data_dir, class_names=CIFAR10_CLASSES, source=source,
+                       verify_checksums=verify_checksums)
     if source == "cifar100":
         classes = cifar100_classes(data_dir, cifar100_labels, verify_checksums)
-        return DataSet("cifar100", data_dir, classes, source, verify_checksums, cifar100_labels)
+        return DataSet(kind="cifar100", data_dir=data_dir, class_names=classes, source=source,
+                       verify_checksums=verify_checksums, labels=cifar100_labels)
     classes = image_folder_classes(data_dir)
     if dataset == "cifar10" and classes != CIFAR10_CLASSES:
         raise DataError(f"--dataset cifar10 needs one class folder per CIFAR-10 class ({', '.join(CIFAR10_CLASSES)}), "
                         f"and {data_dir / 'train'} has: {', '.join(classes)}. For a folder of other classes use "
                         "--dataset folder (or leave --dataset at auto).")
     kind = "cifar10" if classes == CIFAR10_CLASSES else "folder"  # the JPEG copy of CIFAR-10 is CIFAR-10
-    return DataSet(kind, data_dir, classes, source, cache_dir=cache_dir, resize=resize)
+    return DataSet(kind=kind, data_dir=data_dir, class_names=classes, source=source, cache_dir=cache_dir,
+                   resize=resize)
 
 
-def load_split(data_dir: Path, split: str, cache_dir: Path | None = None, verify_checksums: bool = True,
+def load_split(data_dir: Path, split: str, *, cache_dir: Path | None = None, verify_checksums: bool = True,
                dataset: str = "auto", cifar100_labels: str = "fine", resize: bool = False) -> Split:
     """One split of whichever data set `data_dir` holds."""
-    return open_dataset(data_dir, dataset, cifar100_labels, cache_dir, verify_checksums, resize).load(split)
+    return open_dataset(data_dir, dataset, cifar100_labels=cifar100_labels, cache_dir=cache_dir,
+                        verify_checksums=verify_checksums, resize=resize).load(split)

@@ -21,7 +21,7 @@ import torch
 NVIDIA_PROC = Path("/proc/driver/nvidia")  # what the kernel driver says, whatever torch can see
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Device:
     """One accelerator (or the CPU) as the plan sees it.
 
@@ -103,9 +103,10 @@ def probe_gpu(index: int, with_memory: bool = True) -> Device:
         free, total = torch.cuda.mem_get_info(index)
     if is_rocm():
         arch = str(getattr(properties, "gcnArchName", "") or "").split(":")[0] or None
-        return Device("rocm", index, name, None, arch, total, free)
+        return Device(kind="rocm", index=index, name=name, arch=arch, total_bytes=total, free_bytes=free)
     major, minor = torch.cuda.get_device_capability(index)
-    return Device("cuda", index, name, (major, minor), f"sm_{major}{minor}", total, free)
+    return Device(kind="cuda", index=index, name=name, capability=(major, minor), arch=f"sm_{major}{minor}",
+                  total_bytes=total, free_bytes=free)
 
 
 def probe_mps() -> Device:
@@ -114,11 +115,11 @@ def probe_mps() -> Device:
     if hasattr(torch.mps, "recommended_max_memory"):
         total = int(torch.mps.recommended_max_memory())
         free = total - int(torch.mps.current_allocated_memory())
-    return Device("mps", 0, f"{apple_chip()} GPU (MPS)", None, None, total, free)
+    return Device(kind="mps", index=0, name=f"{apple_chip()} GPU (MPS)", total_bytes=total, free_bytes=free)
 
 
 def probe_cpu() -> Device:
-    return Device("cpu", 0, cpu_name())
+    return Device(kind="cpu", index=0, name=cpu_name())
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ the device's own stream (CUDA or MPS events) and read an interval only once its 
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -51,6 +52,21 @@ class Stopwatch:
             end[1].synchronize()
             return start[1].elapsed_time(end[1]) / 1000.0
         return end[0] - start[0]
+
+
+def reset_peak_memory() -> None:
+    """Start the CUDA memory high-water mark afresh: a run measures its own peak, not an earlier run's in the same
+    process (the benchmark's seeds, a sweep's trials)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+
+
+def release_memory() -> None:
+    """Give back what a finished run held: Python's cycles first, then the cached blocks of CUDA's allocator."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def peak_memory_mb(device: torch.device) -> float | None:

@@ -125,7 +125,7 @@ MAX_WIDTH = 1024  # widest network a checkpoint may ask for: a crafted width mus
 MAX_CLASSES = 100_000  # likewise for the class count
 
 
-def saved_int(checkpoint: dict[str, Any], key: str, default: int, low: int, high: int) -> int | None:
+def saved_int(checkpoint: dict[str, Any], key: str, default: int, *, low: int, high: int) -> int | None:
     """A hyperparameter of the checkpoint's network (`default` for runs that predate it); None when implausible."""
     value = (checkpoint.get("hyper_parameters") or {}).get(key, default)
     return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
@@ -133,7 +133,7 @@ def saved_int(checkpoint: dict[str, Any], key: str, default: int, low: int, high
 
 def saved_width(checkpoint: dict[str, Any]) -> int | None:
     """The network width a checkpoint was trained with; None when it is not a plausible width."""
-    return saved_int(checkpoint, "width", BASE_WIDTH, 1, MAX_WIDTH)
+    return saved_int(checkpoint, "width", BASE_WIDTH, low=1, high=MAX_WIDTH)
 
 
 def saved_model(checkpoint: dict[str, Any]) -> str:
@@ -144,7 +144,7 @@ def saved_model(checkpoint: dict[str, Any]) -> str:
 
 def saved_num_classes(checkpoint: dict[str, Any]) -> int | None:
     """The number of classes a checkpoint's network outputs (10 for runs that predate other data sets)."""
-    return saved_int(checkpoint, "num_classes", 10, 2, MAX_CLASSES)
+    return saved_int(checkpoint, "num_classes", 10, low=2, high=MAX_CLASSES)
 
 
 def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:

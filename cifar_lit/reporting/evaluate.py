@@ -148,7 +148,8 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
     """The test images of `data_dir`, opened the way the model's run read its data; refused when its classes are
     not the model's."""
     data = model.data_options
-    dataset = open_dataset(data_dir, data.dataset, data.cifar100_labels, verify_checksums=data.verify_checksums,
+    dataset = open_dataset(data_dir, data.dataset, cifar100_labels=data.cifar100_labels,
+                           verify_checksums=data.verify_checksums,
                            resize=data.resize, downloadable=False)
     if dataset.class_names != model.class_names:
         raise DataError(
@@ -158,14 +159,15 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
     return dataset.load("test")
 
 
-def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.device, batch_size: int,
+def write_report(checkpoint: Path, data_dir: Path, *, out: Path, device: torch.device, batch_size: int,
                  tta: bool, gradcam_layer: str | None = DEFAULT_LAYER) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
     if gradcam_layer:
         network_layer(model.module.model, gradcam_layer)  # a layer without maps is refused before anything is written
     test = evaluation_split(model, data_dir)
     classes = model.class_names
-    metrics, predictions = evaluate_images(model, test.images, test.labels, batch_size, flip_tta=tta, device=device)
+    metrics, predictions = evaluate_images(model, test.images, test.labels, batch_size=batch_size, flip_tta=tta,
+                                           device=device)
     metrics.update(checkpoint=str(checkpoint), data_dir=str(data_dir), dataset=NAMES.get(model.dataset, "image folder"),
                    device=device_description(device),
                    command=command_line(program="evaluate.py"), git_commit=git_commit(), versions=versions())
@@ -179,17 +181,20 @@ def write_report(checkpoint: Path, data_dir: Path, out: Path, device: torch.devi
     save_figure(per_class_accuracy_figure(per_class, classes, "Accuracy per class (test set)"),
                 out / "per_class_accuracy.png")
     for kind, mask in (("misclassified", predictions != test.labels), ("correct", predictions == test.labels)):
-        chosen = spread_over_classes(test.labels, mask, GRID_IMAGES, len(classes))
+        chosen = spread_over_classes(test.labels, mask, GRID_IMAGES, classes=len(classes))
         pictures, true, predicted = test.images[chosen] / 255.0, test.labels[chosen].tolist(), predictions[chosen]
         title = f"{kind.capitalize()} test images ({len(chosen)} shown, spread over classes)"
-        save_figure(prediction_grid_figure(pictures, true, predicted.tolist(), classes, title), out / f"{kind}.png")
+        save_figure(prediction_grid_figure(pictures, true, predicted.tolist(), class_names=classes, title=title),
+                    out / f"{kind}.png")
         if gradcam_layer:
             inputs = model_inputs(model, test.images[chosen], device)
             cams = maps_for_predictions(model.module.model, inputs, torch.as_tensor(true),
-                                        torch.as_tensor(predicted), gradcam_layer)
-            save_figure(gradcam_grid_figure(pictures, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true,
-                                            predicted.tolist(), cams["confidence"].tolist(), classes,
-                                            f"Grad-CAM ({gradcam_layer}): {title}"), out / f"gradcam_{kind}.png")
+                                        torch.as_tensor(predicted), layer=gradcam_layer)
+            figure = gradcam_grid_figure(pictures, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(),
+                                         true_labels=true, predicted_labels=predicted.tolist(),
+                                         confidences=cams["confidence"].tolist(), class_names=classes,
+                                         title=f"Grad-CAM ({gradcam_layer}): {title}")
+            save_figure(figure, out / f"gradcam_{kind}.png")
     write_model_summary(out, model.module.options.model, model.module.options.width, len(classes))
     run_dir = run_dir_of(checkpoint)
     curves = run_dir / "metrics.csv" if run_dir else None
@@ -316,7 +321,8 @@ def evaluate(argv: Sequence[str]) -> int:
     out = report_folder(args)
     data_dir = args.data_dir or data_dir_of_run(args.ckpt)
     layer = None if args.gradcam_layer in ("none", "") else args.gradcam_layer
-    metrics = write_report(args.ckpt, data_dir, out, device, args.batch_size, args.tta, layer)
+    metrics = write_report(args.ckpt, data_dir, out=out, device=device, batch_size=args.batch_size, tta=args.tta,
+                           gradcam_layer=layer)
     tta = f", {metrics['accuracy_flip_tta']:.2%} with flip TTA" if "accuracy_flip_tta" in metrics else ""
     top5 = f", top-5 {metrics['accuracy_top5']:.2%}" if "accuracy_top5" in metrics else ""
     print(f"Test accuracy {metrics['accuracy']:.2%}{top5} on {metrics['images']} images{tta}. Report: "
@@ -350,7 +356,7 @@ def export_app(args: argparse.Namespace, device: torch.device) -> int:
     model = load_trained_model(args.ckpt, device)
     data_dir = args.data_dir or data_dir_of_run(args.ckpt)
     test = evaluation_split(model, data_dir) if data_dir.exists() else None
-    write_app_folder(out, args.ckpt, test, device, model)
+    write_app_folder(out, args.ckpt, test, device=device, model=model)
     gallery = "" if test is not None else f" (no examples or gallery: {data_dir} is not there; give --data-dir)"
     print(f"Wrote the web demo to {out}{gallery}. Run it with: cd {shlex.quote(str(out))} && python app.py")
     return 0

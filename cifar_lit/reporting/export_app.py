@@ -63,7 +63,7 @@ def save_picture(path: Path, image: np.ndarray) -> str:
     return str(path)
 
 
-def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch.device | str = "cpu",
+def write_bundle(folder: Path, checkpoint: Path, test: Any | None, *, device: torch.device | str = "cpu",
                  model: TrainedModel | None = None) -> Path:
     """The bundle of `checkpoint` in `folder`; examples and gallery from `test` (a Split of its data set) if given."""
     folder = Path(folder)
@@ -88,7 +88,7 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, device: torch
                 examples.append(save_picture(folder / "examples" / f"{safe}.png", test.images[found[0]]))
         _, predictions = evaluate_images(model, test.images, test.labels, device=device)
         wrong = predictions != test.labels
-        for index in spread_over_classes(test.labels, wrong, GALLERY, len(names)):
+        for index in spread_over_classes(test.labels, wrong, GALLERY, classes=len(names)):
             caption = f"true: {names[test.labels[index]]} / pred: {names[predictions[index]]}"
             gallery.append((save_picture(folder / "gallery" / f"{index:06d}.png", test.images[index]), caption))
         info["test_acc"] = info["test_acc"] if info["test_acc"] is not None else float(1 - wrong.mean())
@@ -127,12 +127,12 @@ def space_card(meta: dict[str, Any]) -> str:
     ])
 
 
-def write_app_folder(out: Path, checkpoint: Path, test: Any | None, device: torch.device | str = "cpu",
+def write_app_folder(out: Path, checkpoint: Path, test: Any | None, *, device: torch.device | str = "cpu",
                      model: TrainedModel | None = None) -> Path:
     """A folder that runs the demo without cifar_lit: app.py, demo.py, resnet.py, pixels.py, requirements.txt,
     README.md, and the bundle."""
     out = Path(out)
-    write_bundle(out, checkpoint, test, device, model)
+    write_bundle(out, checkpoint, test, device=device, model=model)
     for name, source in DEMO_FILES.items():
         shutil.copyfile(source, out / name)
     write_text_atomic(out / "app.py", APP_PY)

@@ -45,7 +45,7 @@ class ConfusionFigures(RunFolderCallback):
         writer = tensorboard_writer(trainer)
         for name, figure in figures.items():
             publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
-                           self.run_dir / f"{name}.png" if save_png else None)
+                           path=self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

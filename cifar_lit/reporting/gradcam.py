@@ -98,7 +98,7 @@ def class_activation_maps(network: nn.Module, images: torch.Tensor, classes: tor
 
 
 def maps_for_predictions(network: nn.Module, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-                         layer: str = DEFAULT_LAYER) -> dict[str, torch.Tensor]:
+                         *, layer: str = DEFAULT_LAYER) -> dict[str, torch.Tensor]:
     """What a Grad-CAM grid shows for a batch whose predictions are known (those the evaluation counted): the
     probability of each predicted class, and the maps for the predicted and for the true class, all on the host."""
     predicted = predicted.to(images.device).long()

@@ -70,7 +70,8 @@ class PredictionGrids(RunFolderCallback):
             if room > 0:
                 # evaluation data is often sorted by class: take a few of each class, not the first batch's
                 quota = -(-self.max_images // len(self.class_names))
-                chosen = spread_over_classes(labels_np, mask, room, len(self.class_names), self._per_class[kind], quota)
+                chosen = spread_over_classes(labels_np, mask, room, classes=len(self.class_names),
+                                             already=self._per_class[kind], quota=quota)
                 if len(chosen):
                     index = torch.as_tensor(chosen, device=images.device)
                     pictures = trainer.datamodule.denormalize(images[index])
@@ -98,16 +99,17 @@ class PredictionGrids(RunFolderCallback):
         for kind in KINDS:
             images, true, pred, inputs = self._gathered(kind)
             title = f"{kind.capitalize()} {stage} images ({len(true)} shown), {when}"
-            figures = {kind: prediction_grid_figure(images, true, pred, self.class_names, title)}
+            figures = {kind: prediction_grid_figure(images, true, pred, class_names=self.class_names, title=title)}
             if self.gradcam_layer and inputs is not None:
                 cams = maps_for_predictions(pl_module.model, inputs, torch.tensor(true), torch.tensor(pred),
-                                            self.gradcam_layer)
+                                            layer=self.gradcam_layer)
                 figures[f"gradcam_{kind}"] = gradcam_grid_figure(
-                    images, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true, pred,
-                    cams["confidence"].tolist(), self.class_names, f"Grad-CAM ({self.gradcam_layer}): {title}")
+                    images, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true_labels=true,
+                    predicted_labels=pred, confidences=cams["confidence"].tolist(), class_names=self.class_names,
+                    title=f"Grad-CAM ({self.gradcam_layer}): {title}")
             for name, figure in figures.items():
                 publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
-                               self.run_dir / f"{name}.png" if save_png else None)
+                               path=self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0

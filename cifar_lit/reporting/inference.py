@@ -73,7 +73,7 @@ def model_inputs(model: TrainedModel, images: np.ndarray, device: torch.device |
 
 
 @torch.inference_mode()
-def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
+def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 500,
                     flip_tta: bool = False, device: torch.device | str = "cpu") -> tuple[dict[str, Any], np.ndarray]:
     """Accuracy, loss, per-class accuracy and confusion matrix (and flip-TTA accuracy) of uint8 NHWC images, by the
     evaluation step the Trainer's validation and test use (cifar_lit.training.metrics); and each image's predicted
@@ -84,7 +84,8 @@ def evaluate_images(model: TrainedModel, images: np.ndarray, labels: np.ndarray,
     for start in range(0, len(images), batch_size):
         inputs = model_inputs(model, images[start : start + batch_size], device)
         targets = torch.from_numpy(np.asarray(labels[start : start + batch_size], dtype=np.int64)).to(device)
-        batch_sums, batch_predictions = evaluate_batch(model.module, inputs, targets, classes, flip_tta)
+        batch_sums, batch_predictions = evaluate_batch(model.module, inputs, targets, num_classes=classes,
+                                                       flip_tta=flip_tta)
         sums.update(batch_sums)
         predictions.append(batch_predictions.cpu())
     results = sums.compute()

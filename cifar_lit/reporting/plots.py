@@ -25,7 +25,7 @@ BLUE, ORANGE, GREEN, VERMILLION, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E0
 SERIES_COLOURS = (BLUE, ORANGE, GREEN, VERMILLION, "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 
 
-def spread_over_classes(labels: np.ndarray, chosen: np.ndarray, count: int, classes: int = 10,
+def spread_over_classes(labels: np.ndarray, chosen: np.ndarray, count: int, *, classes: int = 10,
                         already: np.ndarray | None = None, quota: int | None = None) -> np.ndarray:
     """Indices of up to `count` chosen items (boolean mask `chosen`), at most `quota` per class (default: an even
     share of `count`), so a grid of a class-sorted test set is not all airplanes. `already` holds per-class counts
@@ -75,7 +75,7 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return write_bytes_atomic(path, figure_png(figure))
 
 
-def publish_figure(writer: Any | None, tag: str, step: int, figure: Figure, path: Path | None = None) -> None:
+def publish_figure(writer: Any | None, tag: str, step: int, figure: Figure, *, path: Path | None = None) -> None:
     """Draw a figure once for TensorBoard's image `tag` (when there is a writer) and for a PNG at `path` (if given);
     with neither, not at all."""
     if writer is None and path is None:
@@ -156,7 +156,7 @@ def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(np.clip(image, 0.0, 1.0), scale, axis=0), scale, axis=1)
 
 
-def captioned_grid_figure(cells: Sequence[np.ndarray | None], captions: Sequence[Caption], columns: int, title: str,
+def captioned_grid_figure(cells: Sequence[np.ndarray | None], captions: Sequence[Caption], columns: int, *, title: str,
                           scale: int = GRID_SCALE) -> Figure:
     """Equal-sized (H, W, 3) cells in [0, 1] (None: left blank) in rows of `columns`, each under its caption,
     enlarged `scale` times without smoothing. All cells are one image on one axes at exact pixel positions, with no
@@ -204,7 +204,7 @@ def prediction_grid_figure(
     images: np.ndarray,
     true_labels: Sequence[int],
     predicted_labels: Sequence[int],
-    class_names: Sequence[str],
+    *, class_names: Sequence[str],
     title: str,
     columns: int = 8,
 ) -> Figure:
@@ -214,10 +214,10 @@ def prediction_grid_figure(
         wrong = true != predicted
         captions.append(Caption(f"true: {class_names[true]}\npred: {class_names[predicted]}",
                                 VERMILLION if wrong else "black", bold=wrong))
-    return captioned_grid_figure(list(images), captions, columns, title)
+    return captioned_grid_figure(list(images), captions, columns, title=title)
 
 
-def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, title: str,
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, *, title: str,
                    lightning_suggested: float | None = None, raw_losses: Sequence[float] | None = None,
                    guessing_loss: float | None = None) -> Figure:
     """The LR range test: the training loss of each step (faint) and its smoothed curve against the learning rate
@@ -252,7 +252,7 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], suggested: flo
 
 
 def augmentation_figure(stored: np.ndarray, augmented: np.ndarray, labels: Sequence[int],
-                        class_names: Sequence[str], title: str, columns: int = 8) -> Figure:
+                        *, class_names: Sequence[str], title: str, columns: int = 8) -> Figure:
     """Training images as stored (top row of each pair) over the same images as the network receives them (the
     augmented batch, de-normalized): (N, H, W, 3) arrays in [0, 1]."""
     columns = max(1, min(columns, len(stored)))
@@ -264,7 +264,7 @@ def augmentation_figure(stored: np.ndarray, augmented: np.ndarray, labels: Seque
         cells += [stored[i] for i in indices] + [None] * blanks + [augmented[i] for i in indices] + [None] * blanks
         captions += [Caption(class_names[labels[i]], points=8) for i in indices] + [Caption("")] * blanks
         captions += [Caption("augmented", GREY, points=8) for _ in indices] + [Caption("")] * blanks
-    return captioned_grid_figure(cells, captions, columns, title)
+    return captioned_grid_figure(cells, captions, columns, title=title)
 
 
 GRADCAM_COLOURS = colormaps["inferno"]
@@ -285,7 +285,7 @@ def gradcam_grid_figure(
     images: np.ndarray,
     maps_predicted: np.ndarray,
     maps_true: np.ndarray,
-    true_labels: Sequence[int],
+    *, true_labels: Sequence[int],
     predicted_labels: Sequence[int],
     confidences: Sequence[float],
     class_names: Sequence[str],
@@ -307,7 +307,7 @@ def gradcam_grid_figure(
         if panels == 2:
             cells.append(overlay(image, maps_true[index], opacity) if wrong[index] else None)
             captions.append(Caption(f"map of true: {true_name}", points=8) if wrong[index] else Caption(""))
-    return captioned_grid_figure(cells, captions, per_row * panels, title, scale=1)
+    return captioned_grid_figure(cells, captions, per_row * panels, title=title, scale=1)
 
 
 NUMBERED_CELLS_UP_TO = 20  # classes; above it the confusion matrix is a heat map and per-class bars are sorted

@@ -31,6 +31,6 @@ class AugmentationPreview(pl.Callback):
             stored, augmented, labels = datamodule.preview_batch(self.count)
             seen = datamodule.denormalize(augmented).permute(0, 2, 3, 1).float().cpu().numpy()
             figure = augmentation_figure(stored.float().div(255).cpu().numpy(), seen, labels.tolist(),
-                                         datamodule.class_names,
-                                         "Training images as stored (top) and as the network receives them")
+                                         class_names=datamodule.class_names,
+                                         title="Training images as stored (top) and as the network receives them")
             publish_figure(writer, TAG, trainer.global_step, figure)

@@ -91,7 +91,8 @@ class RunSummary(RunFolderCallback):
         metrics = trainer.callback_metrics
         tested = {key: float(metrics[name]) if name in metrics else None for key, name in TEST_KEYS.items()}
         facts = dict(self.facts)
-        run_phases, process_phases = self.clock.cumulative(), self.clock.elapsed()
+        process_phases = self.clock.elapsed()
+        run_phases = self.clock.cumulative(process_phases)  # one reading: a run of one process adds up exactly
         summary = {
             "best_val_acc": facts.pop("best_val_acc", None),
             **tested,

@@ -215,7 +215,8 @@ def run_range_test(options: Options, hardware: HardwarePlan, datamodule: ImageDa
                        device=device_description(hardware.device.torch_device))
     out.mkdir(parents=True, exist_ok=True)
     title = f"LR range test: {len(lrs)} steps at batch {global_batch}"
-    figure = lr_find_figure(lrs, verdict["losses"], suggested, title, result.lightning_suggestion, raw, guess)
+    figure = lr_find_figure(lrs, verdict["losses"], suggested, title=title,
+                            lightning_suggested=result.lightning_suggestion, raw_losses=raw, guessing_loss=guess)
     save_figure(figure, out / "lr_find.png")
     record = {key: value for key, value in result.as_record().items() if key != "folder"}  # it is where it lies
     write_text_atomic(out / "lr_find.json", json.dumps(record, indent=2) + "\n")

@@ -12,7 +12,7 @@ from cifar_lit.reliability.signals import Interrupted
 from cifar_lit.reporting.provenance import command_line, shell_command
 
 
-def stopped_in_training(signum: int, epoch: int, step: int, saved: str | None, logdir: str) -> str:
+def stopped_in_training(signum: int, *, epoch: int, step: int, saved: str | None, logdir: str) -> str:
     """A signal in the training loop: the run stopped at a step boundary and saved last.ckpt there."""
     resume = [saved] if saved else ["last", "--logdir", logdir]
     return (f"Stopped by signal {signum} at epoch {epoch}, step {step}; saved {saved}. Resume with: "

@@ -1,6 +1,6 @@
-"""Everything a run settles before its folder exists, as the steps train.py names: the options (and a resume), the
-hardware plan, the data, the learning rate, the network. Each step refuses a user mistake with a UserError, so
-nothing has been written when one is found."""
+"""Everything a run settles before its folder exists, as the steps `run/train.py: fit` names: the options (and a
+resume), the hardware plan, the data, the learning rate, the checks on the network. Each step refuses a user mistake
+with a UserError, so nothing has been written when one is found."""
 
 from __future__ import annotations
 
@@ -131,10 +131,9 @@ def choose_lr(options: Options, hardware: HardwarePlan, datamodule: ImageDataMod
     return options.replace(lr=float(f"{range_test.suggested_flag_lr:.3g}")), range_test
 
 
-def build_network(options: Options, datamodule: ImageDataModule) -> tuple[CIFARClassifier, Target]:
-    """The LightningModule for the data's classes and the run's target; a Grad-CAM layer without maps and a disk
-    without room for the run's checkpoints are refused now, not after training."""
-    model = CIFARClassifier(options.model, num_classes=len(datamodule.class_names))
+def check_network(model: CIFARClassifier, options: Options, datamodule: ImageDataModule) -> Target:
+    """The run's target; a Grad-CAM layer without maps and a disk without room for the run's checkpoints are refused
+    now, not after training."""
     run = options.run
     if run.gradcam_layer:
         network_layer(model.model, run.gradcam_layer)
@@ -150,18 +149,4 @@ def build_network(options: Options, datamodule: ImageDataModule) -> tuple[CIFARC
         check_free_space(Path(run.logdir), bytes_needed(model, run.best_weights_only, bool(run.ema_decay)))
     if options.model.compile:
         check_writable(Path(run.compile_cache).expanduser(), "the compile cache folder", "--compile-cache")
-    return model, target
-
-
-def prepare(asked: Options, hardware: HardwarePlan, resume: ResumePlan | None) -> Prepared | None:
-    """Data, LR and network, with the plan's decisions in place: the run ready for its folder, or None when it ends
-    here (--find-lr)."""
-    options = asked.with_plan(hardware)
-    datamodule = prepare_data(options, hardware, resume)
-    options, range_test = choose_lr(options, hardware, datamodule)
-    if options.run.find_lr:
-        return None
-    model, target = build_network(options, datamodule)
-    recorded = asked.replace(lr=options.model.lr)
-    return Prepared(options=options, recorded=recorded, hardware=hardware, datamodule=datamodule, model=model,
-                    target=target, resume=resume, range_test=range_test)
+    return target

@@ -14,7 +14,7 @@ import logging
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import Callback
 
 from cifar_lit import phases
 from cifar_lit.hardware.memory import out_of_memory_as_error
+from cifar_lit.hardware.timing import release_memory, reset_peak_memory
 from cifar_lit.lightning_compat import (
     agree_on_stop_every_step,
     epochs_completed,
@@ -46,10 +47,19 @@ from cifar_lit.run import messages
 from cifar_lit.run.config import check_options, parse_options
 from cifar_lit.run.lr_range_test import FOLDER as LR_FIND_FOLDER
 from cifar_lit.run.options import Options
-from cifar_lit.run.preflight import Prepared, dry_run_report, plan, prepare, settle
+from cifar_lit.run.preflight import (
+    Prepared,
+    check_network,
+    choose_lr,
+    dry_run_report,
+    plan,
+    prepare_data,
+    settle,
+)
 from cifar_lit.run.resume import restore_callback_states
 from cifar_lit.run.trainer import RunCallbacks, build_callbacks, build_trainer
 from cifar_lit.training.compile_cache import compile_cache
+from cifar_lit.training.module import CIFARClassifier
 
 log = logging.getLogger("cifar_lit")
 
@@ -66,7 +76,8 @@ EXIT_NON_FINITE = EXIT_STATUS["non_finite_loss"]
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
     """What a run came to: its folder, accuracies, the seconds of training to the target, the epochs it trained,
-    and whether it was stopped before its end and why (`stop_reason`: the signal, or the non-finite loss)."""
+    and whether it was stopped before its end and why (`stop_reason`: the signal, or the non-finite loss). With
+    --find-lr, `suggested_lr` is the range test's suggestion for --lr and `run_dir` its folder."""
 
     outcome: Outcome
     run_dir: Path | None = None
@@ -80,6 +91,7 @@ class RunResult:
     global_steps: int | None = None
     stop_reason: str | None = None
     signum: int | None = None
+    suggested_lr: float | None = None
 
     @property
     def stopped(self) -> bool:
@@ -101,6 +113,43 @@ def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] 
     so; a signal before the run has a folder raises Interrupted. `started`: when the process began (train.py passes
     the time before its imports), for the phase clock.
     """
+    with process_state(started) as (clock, signals):
+        commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
+        if isinstance(options, Options):
+            check_options(options)
+            asked, command = options, "cifar_lit.fit(...)"
+        else:
+            asked, command = parse_options(options), command_line(list(options), "train.py")
+        # The steps before the run folder (run/preflight.py); each refuses a user mistake before anything is written.
+        settled, resume = settle(asked)
+        if resume is not None and resume.nothing_to_do and not resume.test_only:
+            print(resume.nothing_to_do)
+            return RunResult(outcome="nothing_to_do", run_dir=resume.run_dir,
+                             epochs=epochs_completed(resume.checkpoint), global_steps=resume.checkpoint["global_step"])
+        hardware = plan(settled)
+        if settled.run.dry_run:
+            print(dry_run_report(hardware, settled, resume.run_dir if resume else None))
+            return RunResult(outcome="dry_run")
+        options = settled.with_plan(hardware)
+        datamodule = prepare_data(options, hardware, resume)
+        options, range_test = choose_lr(options, hardware, datamodule)
+        if options.run.find_lr:
+            return RunResult(outcome="lr_found", run_dir=Path(range_test.folder),
+                             suggested_lr=range_test.suggested_flag_lr)
+        model = CIFARClassifier(options.model, num_classes=len(datamodule.class_names))
+        target = check_network(model, options, datamodule)
+        # config.yaml records the options as asked (a choice left to the plan stays null), with the LR trained with.
+        run = Prepared(options=options, recorded=settled.replace(lr=options.model.lr),
+                       hardware=hardware, datamodule=datamodule, model=model, target=target, resume=resume,
+                       range_test=range_test)
+        return fit_in_run_folder(run, command=command, commit=commit, clock=clock, signals=signals,
+                                 extra=list(callbacks))
+
+
+@contextlib.contextmanager
+def process_state(started: float | None) -> Iterator[tuple[PhaseClock, SignalGuard]]:
+    """What a run sets up in its process and gives back when it ends: the SIGTERM/Ctrl-C handler, the phase clock,
+    log lines on standard error, and the memory it held (a notebook, the benchmark or a sweep trains on)."""
     signals = SignalGuard()
     signals.install()
     clock = PhaseClock(started)
@@ -108,39 +157,15 @@ def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hide_unactionable_messages()
     try:
-        commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
-        if isinstance(options, Options):
-            check_options(options)
-            command = "cifar_lit.fit(...)"
-        else:
-            command = command_line(list(options), "train.py")
-            options = parse_options(options)
-        return run(options, command=command, commit=commit, clock=clock, signals=signals, extra=list(callbacks))
+        yield clock, signals
     finally:
         signals.uninstall()
         phases.activate(None)
+        release_memory()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning leaves the process group to the process's exit, where gloo's threads can abort a rank that
             # finished first ("terminate called without an active exception"), and torchrun then fails the run.
             torch.distributed.destroy_process_group()
-
-
-def run(asked: Options, *, command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
-        extra: list[Callback]) -> RunResult:
-    """The named steps, up to the run folder; what the flags that end a run early ask for ends it here."""
-    options, resume = settle(asked)
-    if resume is not None and resume.nothing_to_do and not resume.test_only:
-        print(resume.nothing_to_do)
-        return RunResult(outcome="nothing_to_do", run_dir=resume.run_dir,
-                         epochs=epochs_completed(resume.checkpoint), global_steps=resume.checkpoint["global_step"])
-    hardware = plan(options)
-    if options.run.dry_run:
-        print(dry_run_report(hardware, options, resume.run_dir if resume else None))
-        return RunResult(outcome="dry_run")
-    prepared = prepare(options, hardware, resume)
-    if prepared is None:  # --find-lr: the range test was the whole job
-        return RunResult(outcome="lr_found")
-    return fit_in_run_folder(prepared, command=command, commit=commit, clock=clock, signals=signals, extra=extra)
 
 
 def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock: PhaseClock, signals: SignalGuard,
@@ -153,6 +178,7 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
     callbacks = build_callbacks(run.recorded, run_dir=run_dir, datamodule=run.datamodule, command=command,
                                 commit=commit, clock=clock, signals=signals, hardware=hardware, target=run.target)
     callbacks.before.extend(extra)
+    reset_peak_memory()
     if run.range_test is not None and run_dir is not None:  # the sweep's plot and record go with the run
         shutil.move(run.range_test.folder, run_dir / LR_FIND_FOLDER)
         run.range_test.folder = str(run_dir / LR_FIND_FOLDER)
@@ -214,8 +240,9 @@ def fit_and_test(trainer: pl.Trainer, run: Prepared, callbacks: RunCallbacks, si
                 raise
             saved = graceful.saved if graceful is not None else None
             signum = graceful.signum if graceful is not None and graceful.signum else signal.SIGTERM
-            print(messages.stopped_in_training(signum, trainer.current_epoch + 1, trainer.global_step, saved,
-                                               run.options.run.logdir), file=sys.stderr)
+            print(messages.stopped_in_training(signum, epoch=trainer.current_epoch + 1, step=trainer.global_step,
+                                               saved=saved,
+                                               logdir=run.options.run.logdir), file=sys.stderr)
             return stopped(signum, graceful.run_dir if graceful is not None else None, trainer)
         finally:
             signals.deferring = False  # held until fit returns, so last.ckpt's final write is never cut

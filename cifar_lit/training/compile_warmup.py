@@ -29,7 +29,7 @@ def compile_options(mode: str = "default") -> dict[str, Any]:
 
 
 def run_every_shape(model: nn.Module, train_step: Callable[[int], torch.Tensor], eval_step: Callable[[int], Any],
-                    train_sizes: Iterable[int], eval_sizes: Iterable[int]) -> float:
+                    *, train_sizes: Iterable[int], eval_sizes: Iterable[int]) -> float:
     """`train_step(size)` (forward; its returned loss is back-propagated) once per training batch size and
     `eval_step(size)` once per evaluation batch size, each on random data.
 
@@ -75,8 +75,8 @@ def warm_up(module: Any, datamodule: Any, context: Callable[[], Any]) -> float:
         with context():
             module.eval_forward(inputs, labels)
 
-    return run_every_shape(module.model, train_step, eval_step, [datamodule.options.batch_size],
-                           datamodule.eval_batch_sizes())
+    return run_every_shape(module.model, train_step, eval_step, train_sizes=[datamodule.options.batch_size],
+                           eval_sizes=datamodule.eval_batch_sizes())
 
 
 class CompileWarmup(Callback):

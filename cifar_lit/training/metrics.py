@@ -110,7 +110,7 @@ class RunningMean(Metric):
         return self.pair[0] / self.pair[1].clamp(min=1)
 
 
-def evaluate_batch(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+def evaluate_batch(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                    flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(evaluation_sums, predicted classes) of one batch of model-ready images: the single evaluation step that
     the LightningModule, evaluate.py and the bare loop share."""

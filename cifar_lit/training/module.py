@@ -101,7 +101,7 @@ class CIFARClassifier(pl.LightningModule):
 
     def eval_forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network (twice with flip TTA) and the batch's evaluation sums: one graph when compiled."""
-        return evaluate_batch(self.model, images, labels, self.num_classes, self.options.flip_tta)
+        return evaluate_batch(self.model, images, labels, num_classes=self.num_classes, flip_tta=self.options.flip_tta)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

@@ -40,7 +40,7 @@ def split_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
 def build_sgd(
     model: nn.Module,
     lr: float,
-    momentum: float,
+    *, momentum: float,
     nesterov: bool,
     weight_decay: float,
     norm_bias_weight_decay: float = 0.0,
@@ -77,7 +77,7 @@ def build_sgd(
 
 
 def lr_factor(
-    kind: str, total_steps: int, warmup_steps: int, start_factor: float, end_factor: float
+    kind: str, total_steps: int, *, warmup_steps: int, start_factor: float, end_factor: float
 ) -> Callable[[int], float]:
     """The multiplier of the peak LR at each step.
 
@@ -107,7 +107,7 @@ def lr_factor(
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     kind: str,
-    total_steps: int,
+    *, total_steps: int,
     warmup_fraction: float,
     start_factor: float = 0.04,
     end_factor: float = 0.0,
@@ -115,5 +115,5 @@ def build_scheduler(
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     warmup_steps = int(round(warmup_fraction * total_steps))
-    factor = lr_factor(kind, total_steps, warmup_steps, start_factor, end_factor)
+    factor = lr_factor(kind, total_steps, warmup_steps=warmup_steps, start_factor=start_factor, end_factor=end_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(optimizer.param_groups))
