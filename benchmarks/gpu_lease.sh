@@ -43,8 +43,8 @@ say() { echo "=== $* ($(( $(date +%s) - START )) s)"; }
 
 # Time limits per run, in seconds: the first fast85 seed compiles (cold), the others find its work on disk (warm).
 if [ "$REHEARSE" = 1 ]; then
-  FLAGS=(--gpus 0 --width 8 --batch-size 30 --eval-batch-size 50 --max-epochs 2 --limit-train-batches 3
-         --no-compile --lr-reference-batch-size 30 --target-acc 0.2 --num-workers 0 --grid-images 0)
+  FLAGS=(--gpus 0 --width 8 --batch-size 30 --eval-batch-size 50 --max-epochs 1 --limit-train-batches 2
+         --no-compile --lr-reference-batch-size 30 --target-acc 0.2 --num-workers 0 --no-figures)
   COLD=240 WARM=240 BARE=240 DEFAULT=240 FP16=240 EVALUATE=240
 else
   FLAGS=(--gpus 1)

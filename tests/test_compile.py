@@ -4,15 +4,17 @@ second run finds the compiled code on disk (warm start)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import TINY_FLAGS, GraphCount, with_extra_callback
 from torch._dynamo.utils import counters
 
-from cifar_lit.run.train import main
+from cifar_lit.run.train import fit, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,21 +53,22 @@ def test_a_bf16_mixed_run_compiles_nothing_after_the_warm_up(image_folder, tmp_p
 
 @pytest.mark.slow
 def test_a_second_run_starts_warm_from_the_compile_cache(image_folder, tmp_path):
-    """Inductor for real, in two processes as a user would run them. The network is a one-block `tiny` one
-    (tests/tiny_network_runner.py registers it): Inductor's C++ code generation for the ResNet's graphs took over
-    two minutes of the suite, and the cache's cold and warm starts are the same whatever the graphs."""
+    """Inductor for real: a first run in this process, then a second in a process of its own, as a user would run
+    it. The network is a one-block one of the tests' own (tests/tiny_network.py): Inductor's C++ code generation
+    for the ResNet's graphs took over two minutes of the suite, and the cache's cold and warm starts are the same
+    whatever the graphs."""
     cache = tmp_path / "compile-cache"
-    flags = [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"), "--model", "tiny",
-             "--gradcam-layer", "0", "--max-epochs", "1", "--target-acc", "1.0", "--compile", "--compile-cache",
-             str(cache)]
-    reports = []
-    for _ in range(2):
-        result = subprocess.run([sys.executable, "tests/tiny_network_runner.py", *flags], cwd=ROOT,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        latest = max((tmp_path / "logs").glob("version_*/summary.json"), key=lambda path: path.stat().st_mtime_ns)
-        reports.append(json.loads(latest.read_text())["compile_cache"])
-    cold, warm = reports
+    flags = [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(tmp_path / "logs"), "--model",
+             "tiny_network:tiny", "--gradcam-layer", "0", "--max-epochs", "1", "--target-acc", "1.0", "--compile",
+             "--compile-cache", str(cache)]
+    torch._dynamo.reset()
+    first = fit(flags)
+    second = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert second.returncode == 0, second.stderr[-3000:]
+    latest = max((tmp_path / "logs").glob("version_*/summary.json"), key=lambda path: path.stat().st_mtime_ns)
+    cold = json.loads((first.run_dir / "summary.json").read_text())["compile_cache"]
+    warm = json.loads(latest.read_text())["compile_cache"]
     assert cold["state"] == "cold" and cold["misses"] > 0 and cold["hits"] == 0
     assert warm["state"] == "warm" and warm["hits"] == cold["misses"] and warm["misses"] == 0
     assert cold["folder"] == warm["folder"] == str(cache / "inductor") and any((cache / "inductor").iterdir())

@@ -31,12 +31,14 @@ def odd_folder(tmp_path_factory) -> Path:
     return root
 
 
-def ddp_flags(data: Path, logdir: Path) -> list[str]:
+def ddp_flags(data: Path, logdir: Path, grids: bool = True) -> list[str]:
+    """Two CPU processes on the odd folder; `grids`: rank zero draws them while the other rank waits at the next
+    collective (the exact-resume runs compare weights, and draw none)."""
     flags = [f for f in TINY_FLAGS]
     flags[flags.index("--gpus"):flags.index("--gpus") + 2] = []
-    # with the grids: rank zero draws them while the other rank waits at the next collective
-    return [*flags, *GRIDS, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--data-dir", str(data),
-            "--logdir", str(logdir), "--target-acc", "0.5", "--max-epochs", "8", "--eval-batch-size", "20"]
+    return [*flags, *(GRIDS if grids else []), "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+            "--data-dir", str(data), "--logdir", str(logdir), "--target-acc", "0.5", "--max-epochs", "8",
+            "--eval-batch-size", "20"]
 
 
 def launch(flags: list[str], launcher: str = "lightning") -> subprocess.CompletedProcess:
@@ -138,7 +140,7 @@ EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "2", "--c
 # per epoch on each rank. Each stopped run is launched by Lightning; its resume by torchrun (a cluster job's resume)
 # or by Lightning again.
 SIGNALLED = {"train": (None, 0, "torchrun"), "validation": (None, 5, "lightning"),
-             "checkpoints": ("validation", 5, "torchrun")}
+             "checkpoints": ("validation", 5, "lightning")}
 
 
 def ddp_processes(marker: str) -> list[int]:
@@ -164,7 +166,7 @@ def uninterrupted_ddp(odd_folder, tmp_path_factory) -> Path:
     """The two-process run without a signal, launched by torchrun: the runs it is compared with are launched by
     Lightning, and the launcher must not change what is computed."""
     def train_whole(logdir: Path) -> None:
-        result = launch([*ddp_flags(odd_folder, logdir), *EXACT_DDP], "torchrun")
+        result = launch([*ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP], "torchrun")
         assert result.returncode == 0, result.stderr[-3000:]
 
     return built_once(tmp_path_factory, "ddp_whole", train_whole)
@@ -181,8 +183,8 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     logdir = tmp_path / "logs"
     after, step, launcher = SIGNALLED[phase]
     env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
-    process = python([str(RUNNER), *ddp_flags(odd_folder, logdir), *EXACT_DDP], cwd=ROOT, stderr=subprocess.PIPE,
-                     text=True, env=env)
+    process = python([str(RUNNER), *ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP], cwd=ROOT,
+                     stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     for line in process.stderr:
         lines.append(line)
@@ -203,7 +205,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     (run_dir,) = sorted(logdir.glob("version_*"))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == step
-    resumed = launch([*ddp_flags(odd_folder, logdir), *EXACT_DDP, "--resume", str(last)], launcher)
+    resumed = launch([*ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP, "--resume", str(last)], launcher)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, whole = final_weights(logdir), final_weights(uninterrupted_ddp)
     assert final["global_step"] == whole["global_step"] == 10

@@ -18,7 +18,7 @@ from cifar_lit.models.resnet import resnet18
 from cifar_lit.reliability import checkpoints, disk, files
 from cifar_lit.run.train import main
 
-SHORT = ["--width", "8", "--target-acc", "1.0", "--max-epochs", "2"]
+SHORT = ["--width", "8", "--target-acc", "1.0", "--max-epochs", "2", "--figures"]  # every writer, figures too
 
 
 def enospc() -> OSError:

@@ -148,13 +148,9 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy
     def saved() -> list[int]:
         return [path.stat().st_mtime_ns for path in logdir.glob("version_*/checkpoints/last.ckpt")]
 
-    for kill in range(4):
+    for _ in range(3):
         written = saved()
         process = start_training([*args, *(["--resume", "last"] if written else [])])
-        if kill == 3:
-            out, err = process.communicate(timeout=600)
-            assert process.returncode == 0, err
-            break
         # Once this process has saved a step (a checkpoint a step, about 0.1 s each), at a random moment of the next
         # half second: mostly in the middle of a step or of a checkpoint's write.
         wait_until(lambda before=written: saved() != before, process)
@@ -165,6 +161,7 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy
         state = checkpoints.load_checkpoint(only_run(logdir) / "checkpoints" / "last.ckpt")  # never a torn file
         steps.append(state["global_step"])
     assert 0 < steps[0] < steps[1] < steps[2] < 60, "each resumed run went on from the last and was killed"
+    assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
     assert summary["epochs_run"] == 6 and summary["global_steps"] == 60
 

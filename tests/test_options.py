@@ -16,6 +16,7 @@ from helpers import TINY_FLAGS
 
 import cifar_lit
 from cifar_lit.data.options import DataOptions
+from cifar_lit.models import resnet
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.run import resume
 from cifar_lit.run.config import _docstring_help, parse_options
@@ -68,6 +69,20 @@ def test_fit_checks_typed_options_as_the_parser_checks_a_command_line(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_network_of_ones_own_is_module_colon_callable_and_a_wrong_one_is_named(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text("from torch import nn\n\ndef wide(num_classes, width):\n"
+                                         "    return nn.Linear(3 * 32 * 32, num_classes)\n")
+    monkeypatch.chdir(tmp_path)  # importable from the working directory, as train.py finds it
+    monkeypatch.setattr(resnet, "MODELS", dict(resnet.MODELS))  # what it registers goes with the test
+    assert parse_options(["--model", "my_nets:wide"]).model.model == "my_nets:wide"
+    with pytest.raises(ConfigError, match="--model my_nets:narrow .* has no callable 'narrow'"):
+        parse_options(["--model", "my_nets:narrow"])
+    with pytest.raises(ConfigError, match="--model nets_nowhere:wide .* the module nets_nowhere cannot be imported"):
+        parse_options(["--model", "nets_nowhere:wide"])
+    with pytest.raises(ConfigError, match="no network named 'vgg'; the networks are resnet18, resnet34, resnet9"):
+        parse_options(["--model", "vgg"])
+
+
 # ------------------------------------------------------------------------------------------------- the Python entry
 
 
@@ -82,6 +97,8 @@ def test_fit_returns_the_runs_folder_accuracies_and_epochs_as_summary_json_has_t
     assert (result.test_acc, result.best_val_acc) == (summary["test_acc"], summary["best_val_acc"])
     assert result.target_acc == 1.0 and not result.target_reached and result.seconds_to_target is None
     assert summary["command"] == "cifar_lit.fit(...)"
+    assert not list(result.run_dir.glob("*.png")), "--no-figures (the tiny runs' flag) draws none"
+    assert (result.run_dir / "metrics.csv").is_file()
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 """train.py end to end on a small synthetic set: outputs, stopping, resuming, and every bad input."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -248,14 +246,10 @@ def test_missing_gpu_is_reported_before_any_download_is_tried(tmp_path, capsys, 
     assert tried == [] and not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
 
 
-@pytest.mark.slow
-def test_train_py_as_a_program_exits_2_with_one_error_paragraph_and_no_traceback(tiny_flags):
-    """The one test of train.py as its own process: the exit status and the standard error a shell sees."""
-    result = subprocess.run([sys.executable, "train.py", *tiny_flags, "--max-epochs", "0"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    assert result.stderr.strip().count("\n") == 0, "one paragraph"
+def test_a_command_line_error_exits_2_with_one_error_paragraph_and_no_traceback(tiny_flags, capsys):
+    assert main([*tiny_flags, "--max-epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.strip().count("\n") == 0
 
 
 def test_help_lists_every_flag_of_the_issue(capsys):

@@ -63,9 +63,10 @@ def reset_peak_memory() -> None:
 
 
 def release_memory() -> None:
-    """Give back what a finished run held: Python's cycles first, then the cached blocks of CUDA's allocator."""
-    gc.collect()
+    """Give back the GPU memory a finished run held: Python's cycles first (tensors caught in them), then the cached
+    blocks of CUDA's allocator. Host memory needs no help: Python frees it (and a collection costs 0.2 s)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
         torch.cuda.empty_cache()
 
 

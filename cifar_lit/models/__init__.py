@@ -8,6 +8,7 @@ from cifar_lit.models.resnet import (
     ResidualBlock,
     ResNet9,
     build_model,
+    model_factory,
     register_model,
     resnet9,
     resnet18,
@@ -15,4 +16,4 @@ from cifar_lit.models.resnet import (
 )
 
 __all__ = ["BASE_WIDTH", "DEFAULT_MODEL", "MODELS", "CifarResNet", "ResNet9", "ResidualBlock", "build_model",
-           "register_model", "resnet9", "resnet18", "resnet34"]
+           "model_factory", "register_model", "resnet9", "resnet18", "resnet34"]

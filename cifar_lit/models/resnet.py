@@ -12,6 +12,9 @@ in the checkpoint". This file imports only torch: the exported web demo runs it 
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,10 +37,30 @@ def register_model(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module
 
 
 def build_model(name: str = DEFAULT_MODEL, num_classes: int = 10, width: int = BASE_WIDTH) -> nn.Module:
-    """The network registered as `name`; KeyError naming the choices for any other."""
+    """The network `name` names (`model_factory`)."""
+    return model_factory(name)(num_classes=num_classes, width=width)
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as `name`; for `module:callable`, that callable, imported from the working directory
+    or PYTHONPATH the first time and registered under the name. KeyError saying why for anything else."""
+    if name not in MODELS and ":" in name:
+        module_name, _, attribute = name.partition(":")
+        if os.getcwd() not in sys.path:  # `python train.py` puts the script's folder first, not the working one
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise KeyError(f"the module {module_name} cannot be imported from {os.getcwd()} or PYTHONPATH "
+                           f"({error})") from None
+        factory = getattr(module, attribute, None)
+        if not callable(factory):
+            raise KeyError(f"the module {module_name} ({module.__file__}) has no callable {attribute!r}")
+        MODELS[name] = factory
     if name not in MODELS:
-        raise KeyError(f"no network named {name!r}; the networks are {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, width=width)
+        raise KeyError(f"no network named {name!r}; the networks are {', '.join(MODELS)}, or module:callable (a "
+                       "function taking num_classes and width, in a module importable from the working directory)")
+    return MODELS[name]
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

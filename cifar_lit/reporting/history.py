@@ -49,8 +49,9 @@ class EpochHistory(RunFolderCallback):
     finishes reports the time of both processes, never the gap between them.
     """
 
-    def __init__(self, run_dir: Path | None = None) -> None:
+    def __init__(self, run_dir: Path | None = None, curves: bool = True) -> None:
         super().__init__(run_dir)
+        self.curves = curves  # accuracy.png and loss.png when fitting ends
         self.rows: list[dict[str, Any]] = []
         self.train_started_at: float | None = None
         self.train_ended_at: float | None = None
@@ -128,7 +129,7 @@ class EpochHistory(RunFolderCallback):
         write_text_atomic(path, buffer.getvalue())
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.rows:
+        if trainer.is_global_zero and self.rows and self.curves:
             with phase("reports"):
                 self.save_curves(self.run_dir)
 

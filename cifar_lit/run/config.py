@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
+from cifar_lit.models import model_factory
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.option_types import allowed_values, plain
@@ -188,9 +189,18 @@ def parse_options(argv: Sequence[str]) -> Options:
         )) from None
     values = {key: plain(value) for key, value in namespace.as_dict().items()}
     check_not_null(values)
+    check_network(values["model"])
     flags = flags_given(argv)
     from_files = {key for path in config_paths(argv) for key in yaml.safe_load(Path(path).read_text()) or {}}
     return Options.from_dict(values, given=flags | from_files, flags=flags)
+
+
+def check_network(name: str) -> None:
+    """`--model` names a registered network or an importable `module:callable` (imported and registered now)."""
+    try:
+        model_factory(name)
+    except KeyError as error:
+        raise ConfigError(f"--model {name} is not a network this run can build: {error.args[0]}.") from None
 
 
 def check_options(options: Options) -> None:
@@ -198,6 +208,7 @@ def check_options(options: Options) -> None:
     value against its type's range; ConfigError naming the first one refused."""
     values = options.as_dict()
     check_not_null(values)
+    check_network(options.model.model)
     problem = refused_value([(key, value) for key, value in values.items() if key != "config"])
     if problem:
         raise ConfigError(problem)

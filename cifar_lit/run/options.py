@@ -65,6 +65,8 @@ class RunOptions:
         log_every_n_steps: how often step-level scalars are written
         progress_bar: show Lightning's progress bar
         sanity_val_steps: validation batches run before training as a sanity check
+        figures: draw the run's figures (accuracy and loss curves, confusion matrix, per-class accuracy, the augmented
+            batch, the image grids); off: scalars, metrics.csv, checkpoints and summary.json only, the quickest runs
         grid_images: images in each misclassified/correct grid, spread over the classes (0: no grids)
         grid_every_n_epochs: log the validation grids every N epochs (0: only after testing)
         gradcam_layer: layer whose Grad-CAM maps are drawn over the grids' images (e.g. layer3, layer3.1, layer4;
@@ -99,6 +101,7 @@ class RunOptions:
     log_every_n_steps: PositiveInt = 50
     progress_bar: bool = True
     sanity_val_steps: NonNegativeInt = 2
+    figures: bool = True
     grid_images: NonNegativeInt = 30
     grid_every_n_epochs: NonNegativeInt = 1
     gradcam_layer: str | None = "layer3"

@@ -97,11 +97,13 @@ def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: Image
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
     callbacks.record = ConfigRecord(options.as_dict(), run_dir)
     callbacks.lr = LearningRateMonitor(logging_interval="step")
-    callbacks.history = EpochHistory(run_dir)
-    callbacks.grids = PredictionGrids(datamodule.class_names, max_images=run.grid_images,
-                                      every_n_epochs=run.grid_every_n_epochs, run_dir=run_dir,
-                                      gradcam_layer=run.gradcam_layer)
-    callbacks.figures = ConfusionFigures(datamodule.class_names, run.grid_every_n_epochs, run_dir)
+    callbacks.history = EpochHistory(run_dir, curves=run.figures)
+    if run.figures:
+        callbacks.grids = PredictionGrids(datamodule.class_names, max_images=run.grid_images,
+                                          every_n_epochs=run.grid_every_n_epochs, run_dir=run_dir,
+                                          gradcam_layer=run.gradcam_layer)
+        callbacks.figures = ConfusionFigures(datamodule.class_names, run.grid_every_n_epochs, run_dir)
+        callbacks.preview = AugmentationPreview()
     callbacks.best = PhasedCheckpoint(
         dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor="val/acc", mode="max", save_top_k=1, save_weights_only=run.best_weights_only,
@@ -118,7 +120,6 @@ def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: Image
         callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=run.ckpt_every_n_steps)
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.model_summary = ModelSummaryFile(run_dir)
-    callbacks.preview = AugmentationPreview()
     callbacks.summary = RunSummary(
         config=options.as_dict(), command=command, commit=commit, clock=clock, timer=timer, stop=callbacks.stop,
         best=callbacks.best, history=callbacks.history, warmup=callbacks.warmup, skipped=callbacks.skipped,

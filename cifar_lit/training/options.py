@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL, MODELS
+from cifar_lit.models import BASE_WIDTH, DEFAULT_MODEL
 from cifar_lit.reliability.option_types import (
     ClosedUnitInterval,
     Fraction,
@@ -20,7 +20,8 @@ from cifar_lit.reliability.option_types import (
 )
 from cifar_lit.training.optim import Schedule
 
-ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # every registered network, for --model
+# A registered network (cifar_lit.models) or `module:callable`; checked by resolving it (run/config.py).
+ModelName = str
 # A number, or "auto": the LR range test runs first and its suggestion is trained with (run/preflight.py).
 LearningRate = Union[PositiveFloat, Literal["auto"]]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -31,8 +32,9 @@ class ModelOptions:
     """The network and how it is trained.
 
     Args:
-        model: the network, by its registered name (cifar_lit.models): resnet18 (11,173,962 parameters), resnet34
-            (21,282,122) or resnet9 (Page's DAWNBench ResNet-9, 6,573,130).
+        model: the network: resnet18 (11,173,962 parameters), resnet34 (21,282,122) or resnet9 (Page's DAWNBench
+            ResNet-9, 6,573,130), or your own as module:callable (a function taking num_classes and width, in a
+            module importable from the working directory or PYTHONPATH).
         width: channels of the network's first stage (doubled in each later one). 64 is the published network;
             narrower ones of the same shape are for quick tests.
         lr: peak learning rate for `lr_reference_batch_size` images per optimizer step; auto: run the LR range test
