@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -208,6 +209,16 @@ def test_lease_records_runs_on_what_the_lease_brought_back(lease_out, tmp_path, 
     assert rows[0].startswith("| `fast85`, 2 seeds | CPU") and "of the bare loop's" in rows[0]
     assert "16-mixed" in rows[2] and rows[3].startswith("| evaluate.py")
     assert "| fp16 | 0 |" in next(tmp_path.glob("gpu-lease-*.md")).read_text()
+    # The README's results table takes the lease's runs: its rows come from the record, with its commit.
+    doc_tables = load_script("doc_tables.py")
+    results = tmp_path / "all_records"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    shutil.copy(next(tmp_path.glob("gpu-lease-*.json")), results)
+    doc_tables.results_table.__globals__["RESULTS"] = results  # the script's own namespace, from runpy
+    rows = doc_tables.results_table().splitlines()
+    (fast,) = [row for row in rows if row.startswith("| `fast85` (ResNet18), 2 run(s) |")]
+    assert "CPU" in fast and record["git_commit"][0][:7] in fast and "gpu-lease-" in fast
+    assert not [row for row in rows if row.startswith("| `fast85` (ResNet18) | not measured")]
 
 
 def test_lease_records_names_a_missing_results_file(tmp_path, capsys):

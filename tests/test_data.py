@@ -10,9 +10,11 @@ from PIL import Image
 from synthetic import make_images
 
 from cifar_lit.data import image_folder as image_folder_module
-from cifar_lit.data.constants import CIFAR10_MEAN, CIFAR10_STD
+from cifar_lit.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from cifar_lit.data.datamodule import ImageDataModule
 from cifar_lit.data.image_folder import load_image_folder_split
+from cifar_lit.data.jpeg_copy import main as jpeg_copy_main
+from cifar_lit.data.jpeg_copy import write_jpeg_copy
 from cifar_lit.data.options import DataOptions
 from cifar_lit.data.sources import load_split, load_torchvision_split
 from cifar_lit.data.stats import channel_stats
@@ -298,3 +300,20 @@ def test_dataloader_workers_are_capped_at_the_cores(image_folder, monkeypatch):
     module.prepare_data()
     module.setup("fit")
     assert module.train_dataloader().num_workers == module.val_dataloader().num_workers == 2
+
+
+def test_a_jpeg_copy_is_an_image_folder_of_cifar10_that_trains_as_cifar10(batches_folder, tmp_path, capsys):
+    written = write_jpeg_copy(batches_folder, tmp_path / "copy", verify_checksums=False)
+    original = load_torchvision_split(batches_folder, "test", verify_checksums=False)
+    assert written == {"train": 100, "test": 50}
+    assert sorted(p.name for p in (tmp_path / "copy" / "test").iterdir()) == sorted(CIFAR10_CLASSES)
+    first = tmp_path / "copy" / "test" / CIFAR10_CLASSES[original.labels[0]] / "0000.jpg"
+    with Image.open(first) as image:
+        assert image.format == "JPEG" and image.size == (32, 32)
+        distances = np.abs(original.images.astype(int) - np.asarray(image, dtype=int)).mean(axis=(1, 2, 3))
+        assert distances.argmin() == 0, "the nearest original is its own: the same picture, as a JPEG"
+    module = ImageDataModule(DataOptions(data_dir=str(tmp_path / "copy"), download=False))
+    module.prepare_data()
+    assert module.dataset.kind == "cifar10" and module.class_names == CIFAR10_CLASSES
+    assert jpeg_copy_main(["--data-dir", str(batches_folder), "--out", str(tmp_path / "copy")]) == 2
+    assert "exists already" in capsys.readouterr().err

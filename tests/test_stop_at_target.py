@@ -38,11 +38,11 @@ def info_logs(caplog):
     caplog.set_level(logging.INFO)
 
 
-def fit(accuracies, target, max_epochs=10):
+def fit(accuracies, target, max_epochs=10, progress_bar=False):
     timer = Timer(duration=None, verbose=False)
     stop = StopAtTarget(target, timer)
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, stop],
+                         enable_progress_bar=progress_bar, enable_model_summary=False, callbacks=[timer, stop],
                          num_sanity_val_steps=0)
     trainer.fit(ScriptedAccuracy(accuracies))
     return trainer, stop
@@ -54,6 +54,13 @@ def test_stops_in_the_epoch_the_target_is_reached_exactly(caplog):
     assert stop.reached_value == pytest.approx(0.85)
     assert stop.reached_seconds is not None and stop.reached_seconds > 0
     assert "Target reached: val/acc = 0.8500 >= 0.85 at epoch 3, after" in caplog.text
+
+
+def test_with_a_progress_bar_the_target_line_stands_on_a_line_of_its_own(capsys):
+    fit([0.5, 0.9], target=0.85, progress_bar=True)
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).replace("\r", "\n").splitlines()
+    assert any(line.startswith("Target reached: val/acc = 0.9000 >= 0.85 at epoch 2") for line in lines), lines
 
 
 def test_never_stops_for_lack_of_improvement_before_the_target():

@@ -44,6 +44,7 @@ class LossProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version cut to its last characters ("on_0"): the log names the folder
         if self._loss is not None and trainer.training:
             metrics["loss"] = f"{float(self._value[0]):.3f}"
         return metrics

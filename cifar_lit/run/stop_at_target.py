@@ -72,10 +72,13 @@ class StopAtTarget(EarlyStopping):
         self.reached_epoch = trainer.current_epoch + 1
         self.reached_seconds = self.timer.time_elapsed("train")
         self.reached_value = float(trainer.callback_metrics[self.monitor])
-        rank_zero_info(
-            f"Target reached: {self.monitor} = {self.reached_value:.4f} >= {self.target} at epoch "
-            f"{self.reached_epoch}, after {self.reached_seconds:.1f} s of training."
-        )
+        message = (f"Target reached: {self.monitor} = {self.reached_value:.4f} >= {self.target} at epoch "
+                   f"{self.reached_epoch}, after {self.reached_seconds:.1f} s of training.")
+        bar = trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(message)  # on a line of its own, above the bar (a log line would end up on the bar's line)
+        else:
+            rank_zero_info(message)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
