@@ -240,3 +240,9 @@ def test_a_run_out_of_time_is_recorded_as_such_and_what_finished_is_kept(image_f
     assert lines[0] == {"kind": "fast85", "seed": 9, "reached": True}, "what finished before is kept"
     assert [(line["kind"], line["seed"], line["timed_out"], line["limit_seconds"]) for line in lines[1:]] == [
         ("fast85", 0, True, 1), ("fast85", 1, True, 1), ("bare", 0, True, 1)]
+
+
+def test_doc_tables_runs(capsys):
+    assert load_script("doc_tables.py").main([]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("<!-- table: ") == printed.count("<!-- /table -->") >= 3
