@@ -314,7 +314,8 @@ def test_a_real_run_logs_the_plan_first_and_keeps_it_in_the_summary(image_folder
     assert caplog.messages[0].startswith("Hardware plan: CPU")
     summary = json.loads(next(logdir.glob("version_*/summary.json")).read_text())
     assert summary["hardware_plan"]["precision"] == "32-true" and summary["hardware_plan"]["device"]["kind"] == "cpu"
-    assert summary["config"]["precision"] is None, "config.yaml and the summary keep what the user asked for"
+    assert summary["config"]["precision"] == "32-true", "config.yaml and the summary keep what the run ran with"
+    assert summary["hardware_plan"]["reasons"]["precision"] == "fp32 on the CPU", "and that the plan chose it"
 
 
 def test_out_of_memory_is_one_paragraph_and_removes_the_unused_run_folder(image_folder, tmp_path, capsys,

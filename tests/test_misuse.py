@@ -243,12 +243,15 @@ def test_evaluate_refuses_bad_numbers(tmp_path, capsys, argv, fragment):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_a_folder_as_checkpoint_or_image_and_a_file_as_out(finished_run, tmp_path, capsys):
+def test_evaluate_refuses_a_folder_as_checkpoint_a_folder_without_pictures_and_a_file_as_out(finished_run, tmp_path,
+                                                                                              capsys):
     last = finished_run / "checkpoints" / "last.ckpt"
     assert evaluate(["--ckpt", str(finished_run), "--gpus", "0"]) == 2
     assert "is a folder, not a checkpoint file" in one_error(capsys)
     assert evaluate(["--ckpt", str(last), "--gpus", "0", "--images", str(tmp_path)]) == 2
-    assert "is a folder, not an image file" in one_error(capsys)
+    assert f"No pictures in {tmp_path}" in one_error(capsys)
+    assert evaluate(["--ckpt", str(last), "--gpus", "0", "--images", str(tmp_path), "--output", "rows.txt"]) == 2
+    assert "--output rows.txt must end in .csv or .json" in one_error(capsys)
     taken = tmp_path / "taken.txt"
     taken.write_text("keep me")
     assert evaluate(["--ckpt", str(last), "--gpus", "0", "--out", str(taken)]) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY_FLAGS
+from helpers import GRIDS, TINY_FLAGS
 
 from cifar_lit.app.demo import Bundle, Classifier, classify
 from cifar_lit.models import MODELS
@@ -27,30 +27,42 @@ def only_run(logdir: Path) -> Path:
     return run_dir
 
 
+OWN_NETWORK = "wide_resnet:wide_resnet16_8"  # tests/wide_resnet.py, a network of one's own in one module
+NETWORKS = {**{name: "8" for name in MODELS}, OWN_NETWORK: "2"}  # --model -> --width (WRN-16-8: 16, 32, 64 wide)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(NETWORKS))
 def test_each_network_trains_names_itself_resumes_evaluates_exports_and_serves(name, image_folder, tmp_path):
     logdir = tmp_path / "logs"
-    flags = [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--target-acc", "1.0"]
-    assert train([*flags, "--model", name, "--max-epochs", "1"]) == 0
+    flags = [*TINY_FLAGS, "--data-dir", str(image_folder), "--logdir", str(logdir), "--target-acc", "1.0",
+             "--width", NETWORKS[name]]
+    assert train([*flags, "--model", name, "--max-epochs", "1", *GRIDS]) == 0
     run_dir = only_run(logdir)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"] == name
     assert json.loads((run_dir / "summary.json").read_text())["model"] == name
     assert torch.load(last, weights_only=True)["hyper_parameters"]["model"] == name
-    assert (run_dir / "model_summary.txt").read_text().startswith(f"{name}, width 8, 10 classes")
+    assert (run_dir / "model_summary.txt").read_text().startswith(f"{name}, width {NETWORKS[name]}, 10 classes")
+    assert (run_dir / "gradcam_misclassified.png").is_file(), "Grad-CAM at the network's own layer"
 
     assert train(["--resume", str(last), "--max-epochs", "2"]) == 0, "the resume builds the network it names"
     assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
 
     assert evaluate(["--ckpt", str(last), "--gpus", "0", "--out", str(tmp_path / "report")]) == 0
-    assert (tmp_path / "report" / "model_summary.txt").read_text().startswith(f"{name}, width 8")
+    assert (tmp_path / "report" / "model_summary.txt").read_text().startswith(f"{name}, width {NETWORKS[name]}")
     space = tmp_path / "space"
     assert evaluate(["--ckpt", str(last), "--gpus", "0", "--export-app", str(space)]) == 0
     bundle = Bundle.load(space)
     assert json.loads((space / "bundle.json").read_text())["model"] == bundle.model == name
+    if name == OWN_NETWORK:
+        assert (space / "wide_resnet.py").is_file(), "the network's module goes with the demo"
+        assert bundle.gradcam_layer == "head", "no gradcam_layer of its own: its last block with spatial output"
+    else:
+        assert bundle.gradcam_layer == "layer3"
     picture = next((image_folder / "test" / "cat").iterdir())
-    top, overlays, _, status = classify(Classifier(bundle), [str(picture)], k=3, opacity=0.5, layer="layer3")
+    classifier = Classifier(bundle)
+    top, overlays, _, status = classify(classifier, [str(picture)], k=3, opacity=0.5, layer=classifier.default_layer)
     assert len(top) == 3 and len(overlays) == 1 and status == "Classified 1 image(s)."
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from helpers import TINY_FLAGS
+from pytorch_lightning.callbacks import Callback
 
 import cifar_lit
 from cifar_lit.data.options import DataOptions
@@ -190,3 +191,60 @@ def test_hyperparameters_of_an_older_checkpoint_build_its_network_with_defaults_
     module = CIFARClassifier.from_hyperparameters({"width": 8, "lr": 0.1, "num_classes": 20}, compile=False)
     assert (module.options.model, module.options.width, module.num_classes) == ("resnet18", 8, 20)
     assert module.hparams.lr == 0.1 and module.hparams.num_classes == 20, "flat, as checkpoints always held them"
+
+
+# ------------------------------------------------------------------------------------------------- Trainer, config
+
+
+def test_a_trainer_argument_a_flag_also_sets_is_one_error_naming_both_and_alone_counts_as_the_flag():
+    with pytest.raises(ConfigError, match=r"--max-epochs and --trainer.max_epochs both set the Trainer's max_epochs"):
+        parse_options(["--max-epochs", "3", "--trainer.max_epochs", "5"])
+    alone = parse_options(["--trainer.max_epochs", "5", "--trainer.enable_progress_bar", "false"])
+    assert alone.run.max_epochs == 5 and alone.run.progress_bar is False and alone.run.trainer == {}
+    with pytest.raises(ConfigError, match="--max-epochs"):
+        parse_options(["--trainer.max_epochs", "0"])  # then checked as --max-epochs is
+
+
+def test_help_lists_the_trainer_arguments_under_their_own_heading(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = capsys.readouterr().out
+    heading = printed.index("Customize every aspect of training via flags")  # Lightning's Trainer docstring
+    for name in ("gradient_clip_val", "accumulate_grad_batches", "max_time", "profiler", "val_check_interval",
+                 "overfit_batches"):
+        assert printed.index(f"\n  --trainer.{name} ") > heading, name
+    assert "--trainer.callbacks" not in printed and "--trainer.logger" not in printed, "the run builds those"
+
+
+class TrainerSeen(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.seen = (trainer.gradient_clip_val, trainer.accumulate_grad_batches, type(trainer.profiler).__name__,
+                     trainer.val_check_interval)
+
+
+@pytest.mark.slow
+def test_any_trainer_argument_reaches_the_trainer_is_recorded_and_honoured_on_resume(tiny_flags, tmp_path):
+    flags = ["--trainer.gradient_clip_val", "1.0", "--trainer.accumulate_grad_batches", "2", "--trainer.max_time",
+             "00:00:05:00", "--trainer.profiler", "simple", "--trainer.val_check_interval", "0.5"]
+    first, resumed = TrainerSeen(), TrainerSeen()
+    result = fit([*tiny_flags, "--max-epochs", "1", "--target-acc", "1.0", *flags], callbacks=[first])
+    assert first.seen == (1.0, 2, "SimpleProfiler", 0.5)
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["trainer"] == {
+        "accumulate_grad_batches": 2, "gradient_clip_val": 1.0, "max_time": "00:00:05:00", "profiler": "simple",
+        "val_check_interval": 0.5}
+    again = fit(["--resume", str(result.run_dir / "checkpoints" / "last.ckpt"), "--max-epochs", "2",
+                 "--trainer.gradient_clip_val", "0.5"], callbacks=[resumed])
+    assert again.outcome == "finished" and resumed.seen == (0.5, 2, "SimpleProfiler", 0.5), "laid over the run's own"
+
+
+@pytest.mark.slow
+def test_print_config_prints_what_config_yaml_holds_and_it_runs_as_it_is(tiny_flags, tmp_path, capsys):
+    flags = [*tiny_flags, "--max-epochs", "1", "--target-acc", "1.0", "--trainer.gradient_clip_val", "1.0"]
+    assert fit([*flags, "--print-config"]).outcome == "config_printed"
+    printed = capsys.readouterr().out
+    assert not list((tmp_path / "logs").glob("version_*")), "nothing run, nothing written"
+    resolved = yaml.safe_load(printed)
+    assert resolved["precision"] == "32-true" and resolved["channels_last"] is True, "the plan's decisions"
+    (tmp_path / "printed.yaml").write_text(printed)
+    asked, again = fit(flags), fit(["--config", str(tmp_path / "printed.yaml")])
+    assert (asked.run_dir / "config.yaml").read_text() == (again.run_dir / "config.yaml").read_text() == printed

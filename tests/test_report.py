@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -234,3 +235,41 @@ def test_tensorboard_serves_the_run_over_http(trained_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_folder_of_pictures_goes_to_a_file_a_row_each_through_the_predict_loop(trained_run, tmp_path, capsys,
+                                                                                  suffix):
+    checkpoint = best_checkpoint(trained_run)
+    data = trained_run.parent.parent / "data"
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for name, where in (("airplane", folder), ("cat", folder), ("ship", folder / "more")):
+        shutil.copy(sorted((data / "test" / name).iterdir())[0], where / f"{name}.png")
+    (folder / "broken.png").write_text("certainly not a PNG")
+    (folder / "notes.txt").write_text("not a picture: left out")
+    out = tmp_path / f"predictions{suffix}"
+    assert evaluate(["--ckpt", str(checkpoint), "--images", str(folder), "--output", str(out), "--top-k", "2",
+                     "--gpus", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "Predicting" in captured.out + captured.err, "Lightning's predict loop, with its progress bar"
+    assert captured.err.count("error: Cannot read") == 1 and "broken.png" in captured.err
+    if suffix == ".csv":
+        rows = list(csv.DictReader(out.read_text().splitlines()))
+        top = {row["path"]: [(row["class_1"], float(row["probability_1"])), (row["class_2"],
+                             float(row["probability_2"]))] if row["class_1"] else [] for row in rows}
+        errors = {row["path"]: row["error"] for row in rows}
+    else:
+        rows = json.loads(out.read_text())
+        top = {row["path"]: [(c["class"], c["probability"]) for c in row["top"]] for row in rows}
+        errors = {row["path"]: row["error"] or "" for row in rows}
+    names = sorted(Path(path).name for path in top)
+    assert names == ["airplane.png", "broken.png", "cat.png", "ship.png"], "every picture once, no other file"
+    assert "Cannot read" in errors[str(folder / "broken.png")] and top[str(folder / "broken.png")] == []
+    for path in (folder / "airplane.png", folder / "cat.png", folder / "more" / "ship.png"):
+        (first, p1), (_, p2) = top[str(path)]
+        assert errors[str(path)] == "" and 1 >= p1 >= p2 >= 0
+    assert evaluate(["--ckpt", str(checkpoint), "--images", str(folder / "cat.png"), "--gpus", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.split(": ")[1].startswith(top[str(folder / "cat.png")][0][0]), "the same top class printed"

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import gradio as gr
 
 SIZE = 32
-DEFAULT_LAYER = "layer3"  # 8x8 maps on the ResNets, 4x4 on ResNet-9
 THEME_FONTS = {"font": ["system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
 OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "GRADIO_SERVER_NAME": "127.0.0.1"}  # defaults only: a Space sets its own server name
@@ -63,6 +62,7 @@ class Bundle:
     info: dict[str, Any] = field(default_factory=dict)  # accuracy, command, data set... shown on the page
     examples: list[str] = field(default_factory=list)  # image files to click
     gallery: list[tuple[str, str]] = field(default_factory=list)  # (image file, caption) of misclassified images
+    gradcam_layer: str | None = None  # the network's own choice (layer3 on the ResNets); None: its last stage
 
     @staticmethod
     def load(folder: Path) -> Bundle:
@@ -73,7 +73,8 @@ class Bundle:
         return Bundle(weights=weights, model=meta.get("model", DEFAULT_MODEL), width=meta["width"],
                       class_names=meta["class_names"], mean=meta["mean"], std=meta["std"], info=meta.get("info", {}),
                       examples=[str(folder / path) for path in meta.get("examples", [])],
-                      gallery=[(str(folder / path), caption) for path, caption in meta.get("gallery", [])])
+                      gallery=[(str(folder / path), caption) for path, caption in meta.get("gallery", [])],
+                      gradcam_layer=meta.get("gradcam_layer"))
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -85,6 +86,25 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"{Path(path).name} is not an image that can be read ({type(error).__name__})") from None
 
 
+def spatial_blocks(network: torch.nn.Module) -> list[str]:
+    """The network's top-level blocks that output maps (N, C, H, W): the layers Grad-CAM can look at."""
+    shapes: dict[str, int] = {}
+
+    def note(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:  # None: the output stays as it is
+            shapes.setdefault(name, out.dim())
+        return hook
+
+    hooks = [child.register_forward_hook(note(name)) for name, child in network.named_children()]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 3, SIZE, SIZE))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [name for name, _ in network.named_children() if shapes.get(name) == 4]
+
+
 class Classifier:
     """The network in eval mode on `device`, with its normalization; top-k and Grad-CAM for uint8 images."""
 
@@ -93,8 +113,9 @@ class Classifier:
         self.device = torch.device(device)
         self.network = build_model(bundle.model, len(bundle.class_names), bundle.width)
         self.network.load_state_dict(bundle.weights)
-        self.network.to(self.device).eval()
-        self.layers = [name for name, _ in self.network.named_children() if name.startswith("layer")]  # stages
+        self.layers = spatial_blocks(self.network.eval())  # on the CPU, in eval mode: nothing of it changes
+        self.network.to(self.device)
+        self.default_layer = bundle.gradcam_layer if bundle.gradcam_layer in self.layers else self.layers[-1]
         self.mean = torch.tensor(bundle.mean, device=self.device)[None, :, None, None]
         self.std = torch.tensor(bundle.std, device=self.device)[None, :, None, None]
 
@@ -184,7 +205,7 @@ def build_demo(bundle: Bundle, device: str | torch.device = "cpu") -> gr.Blocks:
                 k = gr.Slider(1, len(bundle.class_names), value=min(3, len(bundle.class_names)), step=1,
                               label="classes to show")
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Grad-CAM opacity")
-                layer = gr.Dropdown(classifier.layers, value=DEFAULT_LAYER, label="Grad-CAM layer")
+                layer = gr.Dropdown(classifier.layers, value=classifier.default_layer, label="Grad-CAM layer")
                 run = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")

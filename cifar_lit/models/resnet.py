@@ -98,6 +98,8 @@ class CifarResNet(nn.Module):
     (64 / width)^2 times less compute.
     """
 
+    gradcam_layer = "layer3"  # where Grad-CAM looks by default: its 8x8 maps (layer4's 4x4 are too coarse)
+
     def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10, width: int = BASE_WIDTH) -> None:
         super().__init__()
         stage_widths = [width * factor for factor in STAGE_WIDTH_FACTORS]
@@ -139,6 +141,8 @@ class ResNet9(nn.Module):
     """David Page's DAWNBench ResNet-9 ("How to train your ResNet", 2018): prep 64; 128 with a residual of two
     units; 256; 512 with a residual of two units; global max-pool and a linear classifier whose logits are scaled
     by 0.125 (Page's choice: it keeps the initial softmax soft). Channels scale with `width` (64 here)."""
+
+    gradcam_layer = "layer3"  # where Grad-CAM looks by default: 4x4 maps, as this network pools early
 
     def __init__(self, num_classes: int = 10, width: int = BASE_WIDTH) -> None:
         super().__init__()

@@ -25,16 +25,13 @@ from cifar_lit.reliability.checkpoints import checkpoint_file, run_dir_of
 from cifar_lit.reliability.errors import ConfigError, DataError, UserError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reporting.export_app import write_app_folder
-from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions, network_layer
+from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions, network_layer, resolve_layer
 from cifar_lit.reporting.history import read_history_csv
 from cifar_lit.reporting.inference import (
     TrainedModel,
     evaluate_images,
     load_trained_model,
     model_inputs,
-    predict_probabilities,
-    read_user_image,
-    top_classes,
 )
 from cifar_lit.reporting.model_summary import write_model_summary
 from cifar_lit.reporting.plots import (
@@ -47,6 +44,7 @@ from cifar_lit.reporting.plots import (
     save_figure,
     spread_over_classes,
 )
+from cifar_lit.reporting.predictions import picture_paths, predict, write_predictions
 from cifar_lit.reporting.provenance import command_line, device_description, git_commit, versions
 
 GRID_IMAGES = 30  # three per class
@@ -77,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--ckpt", type=Path, help="checkpoint written by train.py")
     what.add_argument("--compare", type=Path, nargs="+", metavar="RUN_DIR", help="run folders (version_N) to compare")
-    parser.add_argument("--images", type=Path, nargs="+", help="classify these image files with --ckpt and print "
-                                                               "the top-3 classes")
+    parser.add_argument("--images", type=Path, nargs="+", metavar="FILE_OR_DIR",
+                        help="classify these pictures (files, or every picture in a folder) with --ckpt and print "
+                             "their top classes, or write them with --output")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="with --images: write one row per picture to FILE, CSV (.csv) or JSON (.json)")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="with --images: classes per picture")
     parser.add_argument("--data-dir", type=Path, help="data folder of the same data set (default: the one the run "
                                                       "was trained on)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, or ./comparison)")
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "of a Hugging Face Space: app.py, requirements.txt, weights, examples, README card)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per evaluation batch")
     parser.add_argument("--gradcam-layer", default=DEFAULT_LAYER,
-                        help="layer of the Grad-CAM maps in the report (default: layer3; 'none' for no maps)")
+                        help="layer of the Grad-CAM maps in the report (default: auto, the network's own choice: "
+                             "layer3 on the ResNets; 'none' for no maps)")
     parser.add_argument("--gpus", type=non_negative_int, default=None,
                         help="0 for the CPU (default: a GPU when available)")
     return parser
@@ -162,6 +165,7 @@ def evaluation_split(model: TrainedModel, data_dir: Path) -> Split:
 def write_report(checkpoint: Path, data_dir: Path, *, out: Path, device: torch.device, batch_size: int,
                  tta: bool, gradcam_layer: str | None = DEFAULT_LAYER) -> dict[str, Any]:
     model = load_trained_model(checkpoint, device)
+    gradcam_layer = resolve_layer(model.module.model, gradcam_layer)
     if gradcam_layer:
         network_layer(model.module.model, gradcam_layer)  # a layer without maps is refused before anything is written
     test = evaluation_split(model, data_dir)
@@ -317,7 +321,7 @@ def evaluate(argv: Sequence[str]) -> int:
     if args.export_app:
         return export_app(args, device)
     if args.images:
-        return classify_images(args.ckpt, args.images, device)
+        return classify_images(args.ckpt, args.images, output=args.output, top_k=args.top_k, device=device)
     out = report_folder(args)
     data_dir = args.data_dir or data_dir_of_run(args.ckpt)
     layer = None if args.gradcam_layer in ("none", "") else args.gradcam_layer
@@ -330,25 +334,33 @@ def evaluate(argv: Sequence[str]) -> int:
     return 0
 
 
-def classify_images(checkpoint: Path, paths: list[Path], device: torch.device) -> int:
-    """Top-3 classes of every picture that can be read; the others named on stderr, one line each, and exit 2 if
-    there were any (the demo likewise classifies the good ones and names the rest)."""
+def classify_images(checkpoint: Path, given: list[Path], *, output: Path | None, top_k: int,
+                    device: torch.device) -> int:
+    """The top classes of every picture that can be read, through Lightning's predict loop: printed, or written to
+    `output`; each picture that cannot be read is named (a row with its error in the file) and makes the exit 2."""
+    if output is not None and output.suffix not in (".csv", ".json"):
+        raise UserError(f"--output {output} must end in .csv or .json: the file's format follows its name.")
+    if output is not None and output.is_dir():
+        raise UserError(f"--output {output} is a folder. Give the path of a .csv or .json file to write.")
+    paths = picture_paths(given)
+    if not paths:
+        raise DataError(f"No pictures in {', '.join(map(str, given))}. Give image files or folders holding them.")
     model = load_trained_model(checkpoint, device)
-    readable, images, problems = [], [], []
-    for path in paths:
-        try:
-            images.append(read_user_image(path))
-            readable.append(path)
-        except DataError as problem:
-            problems.append(str(problem))
-    if images:
-        for path, probabilities in zip(readable, predict_probabilities(model, np.stack(images), device=device),
-                                       strict=True):
-            ranked = ", ".join(f"{name} {p:.1%}" for name, p in top_classes(probabilities, model.class_names))
-            print(f"{path}: {ranked}")
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    return 2 if problems else 0
+    # A progress bar while the rows go to a file; printed rows stand alone.
+    predictions = predict(model, paths, top_k=top_k, accelerator=device.type if device.type != "cuda" else "gpu",
+                          progress_bar=output is not None)
+    if output is not None:
+        write_predictions(predictions, output, min(top_k, len(model.class_names)))
+        print(f"Wrote the top {min(top_k, len(model.class_names))} classes of {len(predictions)} picture(s) to "
+              f"{output}.")
+    else:
+        for prediction in predictions:
+            if not prediction.error:
+                print(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top))
+    for prediction in predictions:
+        if prediction.error:
+            print(f"error: {prediction.error}", file=sys.stderr)
+    return 2 if any(prediction.error for prediction in predictions) else 0
 
 
 def export_app(args: argparse.Namespace, device: torch.device) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from PIL import Image
 from cifar_lit.data.sources import NAMES
 from cifar_lit.reliability.checkpoints import run_dir_of
 from cifar_lit.reliability.files import write_bytes_atomic, write_text_atomic
+from cifar_lit.reporting.gradcam import default_layer
 from cifar_lit.reporting.inference import TrainedModel, evaluate_images, load_trained_model
 from cifar_lit.reporting.plots import spread_over_classes
 
@@ -93,11 +95,25 @@ def write_bundle(folder: Path, checkpoint: Path, test: Any | None, *, device: to
             gallery.append((save_picture(folder / "gallery" / f"{index:06d}.png", test.images[index]), caption))
         info["test_acc"] = info["test_acc"] if info["test_acc"] is not None else float(1 - wrong.mean())
     meta = {"model": recipe.model, "width": recipe.width, "class_names": names, "mean": list(model.mean),
-            "std": list(model.std), "info": info,
+            "std": list(model.std), "info": info, "gradcam_layer": default_layer(model.module.model),
             "examples": [str(Path(path).relative_to(folder)) for path in examples],
             "gallery": [[str(Path(path).relative_to(folder)), caption] for path, caption in gallery]}
     write_text_atomic(folder / "bundle.json", json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def copy_network_module(name: str, out: Path) -> None:
+    """A network of one's own (`module:callable`) goes with the demo: its module beside resnet.py, which imports it
+    from the folder the app runs in. Built-in networks live in resnet.py itself."""
+    if ":" not in name:
+        return
+    module = sys.modules[name.partition(":")[0]]  # imported when the checkpoint's network was built
+    source = Path(module.__file__)
+    if source.name == "__init__.py":  # a package: the whole folder
+        shutil.copytree(source.parent, out / source.parent.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copyfile(source, out / source.name)
 
 
 def requirements() -> str:
@@ -132,9 +148,11 @@ def write_app_folder(out: Path, checkpoint: Path, test: Any | None, *, device: t
     """A folder that runs the demo without cifar_lit: app.py, demo.py, resnet.py, pixels.py, requirements.txt,
     README.md, and the bundle."""
     out = Path(out)
+    model = model or load_trained_model(checkpoint, device)
     write_bundle(out, checkpoint, test, device=device, model=model)
     for name, source in DEMO_FILES.items():
         shutil.copyfile(source, out / name)
+    copy_network_module(model.module.options.model, out)
     write_text_atomic(out / "app.py", APP_PY)
     write_text_atomic(out / "requirements.txt", requirements())
     meta = json.loads((out / "bundle.json").read_text())

@@ -1,8 +1,9 @@
 """Class activation maps (Grad-CAM, Selvaraju et al. 2017) of the network's predictions, with captum's LayerGradCam.
 
 Where the network looked: the gradient of a class's logit, averaged over each channel of a layer's output, weights
-that layer's activation maps; the ReLU of the sum, upsampled to the image, is the map. The default layer is
-`layer3` (its last block: 8x8 maps; `layer4`'s are 4x4, too coarse to read on a 32x32 image).
+that layer's activation maps; the ReLU of the sum, upsampled to the image, is the map. The default layer ("auto")
+is the network's own choice, its `gradcam_layer` attribute (`layer3` on the ResNets: 8x8 maps; `layer4`'s are 4x4,
+too coarse to read on a 32x32 image), else its last block with spatial output.
 
 What running it inside a training run needs (each tested): fp32 even in a bf16 or fp16 run (autocast off; the
 inputs cast up); gradients even under Lightning's no-grad validation (`torch.enable_grad()`, inputs that are not
@@ -23,7 +24,7 @@ from torch import nn
 
 from cifar_lit.reliability.errors import ConfigError
 
-DEFAULT_LAYER = "layer3"
+DEFAULT_LAYER = "auto"  # the network's own choice (`default_layer`)
 
 
 def output_dims(network: nn.Module, layers: list[nn.Module]) -> list[int]:
@@ -47,9 +48,36 @@ def output_dims(network: nn.Module, layers: list[nn.Module]) -> list[int]:
     return [dims.get(index, 0) for index in range(len(layers))]
 
 
+def spatial_children(network: nn.Module) -> list[str]:
+    """The network's top-level blocks whose output has maps (N, C, H, W), in their order."""
+    children = dict(network.named_children())
+    return [name for name, dims in zip(children, output_dims(network, list(children.values())), strict=True)
+            if dims == 4]
+
+
+def default_layer(network: nn.Module) -> str:
+    """The network's `gradcam_layer` attribute when it names one, else its last block with spatial output."""
+    named = getattr(network, "gradcam_layer", None)
+    if named:
+        return named
+    spatial = spatial_children(network)
+    if not spatial:
+        raise ConfigError("The network has no block with spatial output for Grad-CAM. Give --gradcam-layer the name "
+                          "of a layer inside it that outputs maps, or --gradcam-layer none.")
+    return spatial[-1]
+
+
+def resolve_layer(network: nn.Module, name: str | None) -> str | None:
+    """`name` as the layer to draw: "auto" is the network's own (`default_layer`); None or "none" is no maps."""
+    if not name or name == "none":
+        return None
+    return default_layer(network) if name == DEFAULT_LAYER else name
+
+
 def network_layer(network: nn.Module, name: str) -> nn.Module:
     """The submodule `name` ("layer3", "layer3.1", "layer4.0.conv2"...) when it outputs maps (N, C, H, W) that
     Grad-CAM can weigh; a ConfigError listing the layers that do, otherwise."""
+    name = resolve_layer(network, name) or name
     children = dict(network.named_children())
     try:
         layer = network.get_submodule(name)
@@ -89,7 +117,7 @@ def class_activation_maps(network: nn.Module, images: torch.Tensor, classes: tor
     device_type = images.device.type
     with untouched(network), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         inputs = images.detach().float().clone()  # a fresh tensor: never an inference tensor, never bf16
-        cam = LayerGradCam(network, network.get_submodule(layer))  # checked at start-up (network_layer)
+        cam = LayerGradCam(network, network.get_submodule(resolve_layer(network, layer)))  # checked at start-up
         maps = cam.attribute(inputs, target=classes.to(images.device).long(), relu_attributions=True)
         maps = LayerAttribution.interpolate(maps.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
     maps = maps[:, 0].clamp(min=0.0)

@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
-from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions
+from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions, resolve_layer
 from cifar_lit.reporting.plots import (
     gradcam_grid_figure,
     prediction_grid_figure,
@@ -100,13 +100,14 @@ class PredictionGrids(RunFolderCallback):
             images, true, pred, inputs = self._gathered(kind)
             title = f"{kind.capitalize()} {stage} images ({len(true)} shown), {when}"
             figures = {kind: prediction_grid_figure(images, true, pred, class_names=self.class_names, title=title)}
-            if self.gradcam_layer and inputs is not None:
+            layer = resolve_layer(pl_module.model, self.gradcam_layer)
+            if layer and inputs is not None:
                 cams = maps_for_predictions(pl_module.model, inputs, torch.tensor(true), torch.tensor(pred),
-                                            layer=self.gradcam_layer)
+                                            layer=layer)
                 figures[f"gradcam_{kind}"] = gradcam_grid_figure(
                     images, cams["maps_predicted"].numpy(), cams["maps_true"].numpy(), true_labels=true,
                     predicted_labels=pred, confidences=cams["confidence"].tolist(), class_names=self.class_names,
-                    title=f"Grad-CAM ({self.gradcam_layer}): {title}")
+                    title=f"Grad-CAM ({layer}): {title}")
             for name, figure in figures.items():
                 publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
                                path=self.run_dir / f"{name}.png" if save_png else None)

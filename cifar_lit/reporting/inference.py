@@ -121,9 +121,3 @@ def read_user_image(path: Path) -> np.ndarray:
         return read_picture(path, IMAGE_SIZE)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for files that are not images
         raise DataError(f"Cannot read {path} as an image ({type(error).__name__}: {error}).") from None
-
-
-def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
-    """The `k` most probable classes with their probabilities, most probable first."""
-    order = np.argsort(-probabilities)[:k]
-    return [(class_names[i], float(probabilities[i])) for i in order]

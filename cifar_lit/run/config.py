@@ -24,7 +24,9 @@ from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.option_types import allowed_values, plain
 from cifar_lit.reliability.run_folder import RunFolderCallback
-from cifar_lit.run.options import GROUPS, Options
+from cifar_lit.run.options import GROUPS, TRAINER_BUILT, TRAINER_OWNED, Options
+
+GROUPED = ("trainer",)  # options the parser takes as a group of their own (--trainer.NAME)
 
 
 def _docstring_help(cls: type) -> dict[str, str]:
@@ -42,8 +44,9 @@ def all_options() -> list[tuple[str, Any, Any, str]]:
     for group in GROUPS.values():
         helps, hints = _docstring_help(group), typing.get_type_hints(group)
         for option in fields(group):
-            seen.setdefault(option.name, (option.name, hints[option.name], option.default,
-                                          helps.get(option.name, "")))
+            if option.name not in GROUPED:
+                seen.setdefault(option.name, (option.name, hints[option.name], option.default,
+                                              helps.get(option.name, "")))
     return list(seen.values())
 
 
@@ -60,6 +63,7 @@ def build_parser(lenient: bool = False) -> ArgumentParser:
         description="Train a CIFAR network (the ResNet18 by default) until the target test accuracy is reached.",
         exit_on_error=False,
         default_env=False,
+        print_config=None,  # the run's own --print-config prints the plan's decisions too
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (e.g. configs/default.yaml)")
     for name, annotation, default, help_text in all_options():
@@ -71,6 +75,8 @@ def build_parser(lenient: bool = False) -> ArgumentParser:
                                 help=help_text)
         else:
             parser.add_argument(flag(name), type=Any if lenient else annotation, default=default, help=help_text)
+    # Any other argument of Lightning's Trainer, as LightningCLI offers them, under a heading of their own.
+    parser.add_class_arguments(pl.Trainer, "trainer", skip=set(TRAINER_BUILT), fail_untyped=False)
     return parser
 
 
@@ -188,11 +194,38 @@ def parse_options(argv: Sequence[str]) -> Options:
             "the same names with underscores (for example max_epochs: 30)."
         )) from None
     values = {key: plain(value) for key, value in namespace.as_dict().items()}
+    flags = flags_given(argv)
+    files = [yaml.safe_load(Path(path).read_text()) or {} for path in config_paths(argv)]
+    given = flags | {key for content in files for key in content}
+    values.update(trainer_arguments(values, given=given, trainer_given={
+        *build_parser().parse_args(split_config_files(argv)[1], defaults=False).as_dict().get("trainer", {}),
+        *(key for content in files for key in (content.get("trainer") or {}))}))
     check_not_null(values)
     check_network(values["model"])
-    flags = flags_given(argv)
-    from_files = {key for path in config_paths(argv) for key in yaml.safe_load(Path(path).read_text()) or {}}
-    return Options.from_dict(values, given=flags | from_files, flags=flags)
+    return Options.from_dict(values, given=given, flags=flags)
+
+
+def trainer_arguments(values: dict[str, Any], *, given: set[str], trainer_given: set[str]) -> dict[str, Any]:
+    """The parsed `--trainer.NAME` values turned into options: a Trainer argument a project flag also sets counts as
+    that flag (refused when both are given), the others go to `trainer` as they were given."""
+    parsed, chosen = values["trainer"], {}
+    for name in sorted(trainer_given):
+        value = parsed[name]
+        if name in TRAINER_OWNED:
+            own = TRAINER_OWNED[name]
+            if own in given:
+                raise ConfigError(f"{flag(own)} and --trainer.{name} both set the Trainer's {name}. Give it once: "
+                                  f"{flag(own)} (config key '{own}').")
+            problem = refused_value([(own, value)])  # checked as the flag it stands for
+            if problem:
+                raise ConfigError(f"{problem.removesuffix('.')} (given as --trainer.{name}).")
+            chosen[own] = value
+        elif value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ConfigError(f"--trainer.{name} is {shown(value)}: give it a plain value (a number, text or "
+                              "true/false), as a config file's trainer: section holds it.")
+        else:
+            chosen.setdefault("trainer", {})[name] = value
+    return {"trainer": chosen.pop("trainer", {}), **chosen}
 
 
 def check_network(name: str) -> None:

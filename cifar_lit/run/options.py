@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Union
 
 from cifar_lit.data.options import DataOptions
 from cifar_lit.hardware.plan import HardwarePlan, HardwareRequest
@@ -27,6 +27,18 @@ from cifar_lit.reliability.option_types import (
 from cifar_lit.training.options import ModelOptions
 
 Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
+# More keyword arguments of Lightning's Trainer (--trainer.gradient_clip_val 1.0): the Trainer's own open set, so a
+# mapping, of plain values as YAML holds them.
+TrainerArguments = dict[str, Union[bool, int, float, str, None]]
+# Trainer arguments the run builds itself (its loggers, callbacks, plugins, checkpointing): not offered.
+TRAINER_BUILT = ("logger", "callbacks", "plugins", "enable_checkpointing", "use_distributed_sampler", "inference_mode",
+                 "benchmark", "default_root_dir", "model_registry", "enable_autolog_hparams", "enable_model_summary")
+# Trainer arguments a flag of the project sets (--trainer.max_epochs is --max-epochs; given both ways: refused).
+TRAINER_OWNED = {"accelerator": "accelerator", "strategy": "strategy", "devices": "devices", "num_nodes": "num_nodes",
+                 "precision": "precision", "fast_dev_run": "fast_dev_run", "max_epochs": "max_epochs",
+                 "limit_train_batches": "limit_train_batches", "num_sanity_val_steps": "sanity_val_steps",
+                 "log_every_n_steps": "log_every_n_steps", "enable_progress_bar": "progress_bar",
+                 "deterministic": "deterministic", "sync_batchnorm": "sync_batchnorm"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +67,8 @@ class RunOptions:
         lr_find_steps: steps of the LR range test
         dry_run: print the hardware plan (device, precision, compile, data placement, memory) and the run folder,
             then exit without reading data, compiling or writing anything
+        print_config: print the run's configuration as YAML, every option resolved (the hardware plan's decisions
+            in place), and exit: what the run's config.yaml would hold, a config file to run again with --config
         logdir: folder of the runs (version_N/ with TensorBoard logs and checkpoints)
         deterministic: use deterministic algorithms (bit-identical reruns; slower on GPUs)
         ckpt_every_n_epochs: refresh last.ckpt after every N epochs; 0: only when training ends or a signal stops it
@@ -69,12 +83,15 @@ class RunOptions:
             batch, the image grids); off: scalars, metrics.csv, checkpoints and summary.json only, the quickest runs
         grid_images: images in each misclassified/correct grid, spread over the classes (0: no grids)
         grid_every_n_epochs: log the validation grids every N epochs (0: only after testing)
-        gradcam_layer: layer whose Grad-CAM maps are drawn over the grids' images (e.g. layer3, layer3.1, layer4;
-            null: none)
+        gradcam_layer: layer whose Grad-CAM maps are drawn over the grids' images (e.g. layer3, layer3.1, layer4);
+            auto: the network's own choice (layer3 on the ResNets, else its last block with spatial output); null or
+            none: no maps
         compile_cache: folder where torch.compile keeps its work between runs (a second run reuses it: a warm
             start); delete it to compile from scratch
         ema_decay: keep an exponential moving average of the weights with this decay and evaluate with it (e.g.
             0.999); off by default
+        trainer: more arguments of Lightning's Trainer, as `--trainer.NAME VALUE` or a config file's `trainer:`
+            section (e.g. gradient_clip_val, accumulate_grad_batches, max_time, profiler, val_check_interval)
     """
 
     gpus: NonNegativeInt | None = None
@@ -93,6 +110,7 @@ class RunOptions:
     find_lr: bool = False
     lr_find_steps: PositiveInt = 100
     dry_run: bool = False
+    print_config: bool = False
     logdir: str = "lightning_logs"
     deterministic: bool = False
     ckpt_every_n_epochs: NonNegativeInt = 1
@@ -104,9 +122,10 @@ class RunOptions:
     figures: bool = True
     grid_images: NonNegativeInt = 30
     grid_every_n_epochs: NonNegativeInt = 1
-    gradcam_layer: str | None = "layer3"
+    gradcam_layer: str | None = "auto"
     compile_cache: str = "~/.cache/cifar_lit/compile"
     ema_decay: OpenUnitInterval | None = None
+    trainer: TrainerArguments = field(default_factory=dict)
 
 
 GROUPS = {"run": RunOptions, "model": ModelOptions, "data": DataOptions}  # in the order --help lists them
@@ -150,6 +169,13 @@ class Options:
     def as_dict(self) -> dict[str, Any]:
         """The flat config keys, as config.yaml and summary.json hold them."""
         return {"config": list(self.config), **asdict(self.run), **asdict(self.model), **asdict(self.data)}
+
+    def record(self) -> dict[str, Any]:
+        """The flat keys as config.yaml holds them: every option as it runs (the config files already applied, so
+        not listed; --print-config not carried into a file that runs)."""
+        record = self.replace(print_config=False).as_dict()
+        del record["config"]
+        return record
 
     def value(self, key: str) -> Any:
         """The value of config key `key`, from whichever group holds it."""

@@ -17,7 +17,7 @@ from cifar_lit.hardware.plan import HardwarePlan, plan_hardware
 from cifar_lit.reliability.disk import bytes_needed, check_free_space
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.run_folder import check_writable, launched_as_several_processes, next_free_version
-from cifar_lit.reporting.gradcam import network_layer
+from cifar_lit.reporting.gradcam import network_layer, resolve_layer
 from cifar_lit.run.lr_range_test import RangeTest, suggest_lr
 from cifar_lit.run.options import Options
 from cifar_lit.run.resume import ResumePlan, check_resumed_data, plan_resume
@@ -30,12 +30,10 @@ LONG_WARMUP_EPOCHS = 20  # a warm-up longer than this usually means --max-epochs
 
 @dataclass(kw_only=True)
 class Prepared:
-    """A run ready to fit: its options (the plan's decisions and the chosen LR in place), what config.yaml records
-    (the options as asked, with the chosen LR: a choice left to the plan stays null), the plan, the data, the network
-    and its target, and the resume it continues (None for a new run)."""
+    """A run ready to fit: its options (the plan's decisions and the chosen LR in place: what config.yaml records),
+    the plan, the data, the network and its target, and the resume it continues (None for a new run)."""
 
     options: Options
-    recorded: Options
     hardware: HardwarePlan
     datamodule: ImageDataModule
     model: CIFARClassifier
@@ -135,7 +133,7 @@ def check_network(model: CIFARClassifier, options: Options, datamodule: ImageDat
     """The run's target; a Grad-CAM layer without maps and a disk without room for the run's checkpoints are refused
     now, not after training."""
     run = options.run
-    if run.gradcam_layer:
+    if resolve_layer(model.model, run.gradcam_layer):
         network_layer(model.model, run.gradcam_layer)
     target = resolve_target(run.target_acc, datamodule.dataset.kind if datamodule.dataset else None)
     if is_first_process():

@@ -40,7 +40,7 @@ log = logging.getLogger("cifar_lit")
 # Every option is in exactly one of these four lists (tests/test_resume_options.py checks it), so a new option is
 # placed on purpose.
 # What a resume takes from this command, never from the run it continues.
-FROM_THIS_COMMAND = ("resume", "dry_run", "find_lr", "fast_dev_run")
+FROM_THIS_COMMAND = ("resume", "dry_run", "print_config", "find_lr", "fast_dev_run")
 # The training state depends on these: another value would train another network or continue the data order at the
 # wrong place, so a resume that gives one is refused.
 MUST_MATCH = {"model": "the network itself", "width": "the network's shape",
@@ -66,6 +66,8 @@ MAY_CHANGE_ON_RESUME = (
     # what is written and shown
     "ckpt_every_n_epochs", "ckpt_every_n_steps", "best_weights_only", "log_every_n_steps", "progress_bar",
     "sanity_val_steps", "figures", "grid_images", "grid_every_n_epochs", "gradcam_layer", "lr_find_steps",
+    # more Trainer arguments: what this command gives is laid over what the run had
+    "trainer",
 )
 
 
@@ -181,6 +183,8 @@ def resumed_options(trained: Options, asked: Options, checkpoint: dict[str, Any]
         if key in hparams and hparams[key] != asked.value(key):
             log.warning("%s is ignored when resuming: the optimizer state in the checkpoint keeps %s=%s.", flag(key),
                         key, hparams[key])
+    if "trainer" in asked.given:
+        changes["trainer"] = {**trained.run.trainer, **asked.run.trainer}
     if "download" not in asked.given:
         changes["download"] = False
     options = dataclasses.replace(trained.replace(**changes), given=asked.given, flags=asked.flags)

@@ -21,6 +21,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from pytorch_lightning.callbacks import Callback
 
 from cifar_lit import phases
@@ -64,11 +65,13 @@ from cifar_lit.training.module import CIFARClassifier
 log = logging.getLogger("cifar_lit")
 
 # How a run ended. "finished": trained and tested (or only tested: a resume of a finished, untested run);
-# "nothing_to_do": a resume with nothing left; "dry_run", "lr_found", "fast_dev_run": what those flags ask;
+# "nothing_to_do": a resume with nothing left; "dry_run", "config_printed", "lr_found", "fast_dev_run": what those
+# flags ask;
 # "stopped": a signal, after last.ckpt was saved; "non_finite_loss": the loss became NaN or infinite.
-Outcome = Literal["finished", "nothing_to_do", "dry_run", "lr_found", "fast_dev_run", "stopped", "non_finite_loss"]
-EXIT_STATUS = {"finished": 0, "nothing_to_do": 0, "dry_run": 0, "lr_found": 0, "fast_dev_run": 0,
-               "non_finite_loss": 3}
+Outcome = Literal["finished", "nothing_to_do", "dry_run", "config_printed", "lr_found", "fast_dev_run", "stopped",
+                  "non_finite_loss"]
+EXIT_STATUS = {"finished": 0, "nothing_to_do": 0, "dry_run": 0, "config_printed": 0, "lr_found": 0,
+               "fast_dev_run": 0, "non_finite_loss": 3}
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = EXIT_STATUS["non_finite_loss"]
 
@@ -131,6 +134,9 @@ def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] 
             print(dry_run_report(hardware, settled, resume.run_dir if resume else None))
             return RunResult(outcome="dry_run")
         options = settled.with_plan(hardware)
+        if options.run.print_config:
+            print(yaml.safe_dump(options.record(), sort_keys=False), end="")
+            return RunResult(outcome="config_printed")
         datamodule = prepare_data(options, hardware, resume)
         options, range_test = choose_lr(options, hardware, datamodule)
         if options.run.find_lr:
@@ -138,10 +144,8 @@ def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] 
                              suggested_lr=range_test.suggested_flag_lr)
         model = CIFARClassifier(options.model, num_classes=len(datamodule.class_names))
         target = check_network(model, options, datamodule)
-        # config.yaml records the options as asked (a choice left to the plan stays null), with the LR trained with.
-        run = Prepared(options=options, recorded=settled.replace(lr=options.model.lr),
-                       hardware=hardware, datamodule=datamodule, model=model, target=target, resume=resume,
-                       range_test=range_test)
+        run = Prepared(options=options, hardware=hardware, datamodule=datamodule, model=model, target=target,
+                       resume=resume, range_test=range_test)
         return fit_in_run_folder(run, command=command, commit=commit, clock=clock, signals=signals,
                                  extra=list(callbacks))
 
@@ -175,7 +179,7 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
     options, hardware = run.options, run.hardware
     run_dir, created = choose_run_dir(options.run.fast_dev_run, options.run.logdir, run.resume.run_dir
                                       if run.resume else None)
-    callbacks = build_callbacks(run.recorded, run_dir=run_dir, datamodule=run.datamodule, command=command,
+    callbacks = build_callbacks(run.options, run_dir=run_dir, datamodule=run.datamodule, command=command,
                                 commit=commit, clock=clock, signals=signals, hardware=hardware, target=run.target)
     callbacks.before.extend(extra)
     reset_peak_memory()

@@ -95,7 +95,7 @@ def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: Image
     if run.fast_dev_run:
         return callbacks
     checkpoint_dir = run_dir / CHECKPOINT_FOLDER if run_dir is not None else None  # None: Lightning's, the same
-    callbacks.record = ConfigRecord(options.as_dict(), run_dir)
+    callbacks.record = ConfigRecord(options.record(), run_dir)
     callbacks.lr = LearningRateMonitor(logging_interval="step")
     callbacks.history = EpochHistory(run_dir, curves=run.figures)
     if run.figures:
@@ -121,7 +121,7 @@ def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: Image
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.model_summary = ModelSummaryFile(run_dir)
     callbacks.summary = RunSummary(
-        config=options.as_dict(), command=command, commit=commit, clock=clock, timer=timer, stop=callbacks.stop,
+        config=options.record(), command=command, commit=commit, clock=clock, timer=timer, stop=callbacks.stop,
         best=callbacks.best, history=callbacks.history, warmup=callbacks.warmup, skipped=callbacks.skipped,
         hardware=hardware, target=(target.value, target.source), class_names=datamodule.class_names, run_dir=run_dir)
     return callbacks
@@ -174,4 +174,5 @@ def build_trainer(run: RunOptions, hardware: HardwarePlan, callbacks: RunCallbac
         fast_dev_run=run.fast_dev_run,
         plugins=plugins,
         default_root_dir=run.logdir,
+        **run.trainer,  # --trainer.NAME: none is one the run sets (run/options.py: TRAINER_OWNED, TRAINER_BUILT)
     )

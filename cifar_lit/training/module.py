@@ -139,6 +139,12 @@ class CIFARClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluation_step(batch, "test")
 
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> tuple[torch.Tensor, ...]:
+        """Class probabilities of a batch of network inputs; what rides along with them (indices, errors) is handed
+        back as it came."""
+        images, *rest = batch
+        return (self(images).float().softmax(dim=1), *rest)
+
     def _log_evaluation(self, stage: str) -> None:
         """Log `<stage>/acc`, `<stage>/loss` (and `<stage>/acc_tta`; `<stage>/acc_top5` above ten classes) and keep
         the whole evaluation for figures."""
