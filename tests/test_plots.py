@@ -112,23 +112,20 @@ def test_each_augmented_image_sits_under_the_same_image_as_stored():
     assert narrow.get_size_inches()[0] < figure.get_size_inches()[0], "three images make a narrower picture"
 
 
-def test_a_figure_is_drawn_once_for_tensorboard_and_its_png_and_not_at_all_for_nobody(tmp_path, monkeypatch):
-    class Writer:
-        def __init__(self):
-            self.images = []
-
-        def add_image(self, tag, pixels, step, dataformats):
-            self.images.append((tag, pixels, step, dataformats))
-
-    draws = []
+def test_a_figure_is_drawn_once_for_every_logger_and_its_png_and_not_at_all_for_nobody(tmp_path, monkeypatch):
+    draws, received = [], []
     real_render = plots.render
     monkeypatch.setattr(plots, "render", lambda figure: draws.append(figure) or real_render(figure))
-    writer, figure = Writer(), FIGURES["per class"]()
-    plots.publish_figure(writer, "test/per_class_accuracy", 7, figure, path=tmp_path / "per_class_accuracy.png")
-    assert len(draws) == 1
-    ((tag, pixels, step, dataformats),) = writer.images
-    assert (tag, step, dataformats) == ("test/per_class_accuracy", 7, "HWC") and pixels.dtype == np.uint8
+    sinks = [lambda tag, pixels, step, logger=logger: received.append((logger, tag, pixels, step))
+             for logger in ("tensorboard", "mlflow")]
+    figure = FIGURES["per class"]()
+    plots.publish_figure(sinks, "test/per_class_accuracy", 7, figure, path=tmp_path / "per_class_accuracy.png")
+    assert len(draws) == 1, "drawn once, whatever the loggers"
+    assert [(logger, tag, step) for logger, tag, _, step in received] == [
+        ("tensorboard", "test/per_class_accuracy", 7), ("mlflow", "test/per_class_accuracy", 7)]
+    pixels = received[0][2]
+    assert pixels.dtype == np.uint8 and pixels is received[1][2]
     with Image.open(tmp_path / "per_class_accuracy.png") as png:
         np.testing.assert_array_equal(np.asarray(png.convert("RGB")), pixels)
-    plots.publish_figure(None, "val/per_class_accuracy", 8, FIGURES["per class"]())
+    plots.publish_figure([], "val/per_class_accuracy", 8, FIGURES["per class"]())
     assert len(draws) == 1

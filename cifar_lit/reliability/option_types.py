@@ -63,6 +63,8 @@ def allowed_values(annotation: Any) -> str | None:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(str(arg) for arg in args)
+    if origin is list and args and typing.get_origin(args[0]) is Literal:
+        return "one or more of " + ", ".join(str(arg) for arg in typing.get_args(args[0]))
     if origin in (Union, types.UnionType):
         described = [allowed_values(arg) for arg in args if arg is not type(None)]
         if described and all(part is not None for part in described):

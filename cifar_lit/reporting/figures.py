@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
-from cifar_lit.reporting.grids import tensorboard_writer
+from cifar_lit.reporting.loggers import image_sinks
 from cifar_lit.reporting.plots import confusion_matrix_figure, per_class_accuracy_figure, publish_figure
 
 
@@ -42,9 +42,9 @@ class ConfusionFigures(RunFolderCallback):
             "per_class_accuracy": per_class_accuracy_figure(per_class, self.class_names,
                                                             f"Accuracy per class, {stage} set ({when})"),
         }
-        writer = tensorboard_writer(trainer)
+        sinks = image_sinks(trainer)
         for name, figure in figures.items():
-            publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
+            publish_figure(sinks, f"{stage}/{name}", trainer.global_step, figure,
                            path=self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from cifar_lit.phases import phase
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.gradcam import DEFAULT_LAYER, maps_for_predictions, resolve_layer
+from cifar_lit.reporting.loggers import image_sinks
 from cifar_lit.reporting.plots import (
     gradcam_grid_figure,
     prediction_grid_figure,
@@ -23,14 +23,6 @@ from cifar_lit.reporting.plots import (
 )
 
 KINDS = ("misclassified", "correct")
-
-
-def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
-    """The SummaryWriter of the run's TensorBoardLogger, if it has one."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
 
 
 class PredictionGrids(RunFolderCallback):
@@ -94,7 +86,7 @@ class PredictionGrids(RunFolderCallback):
         self._collected = {}
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, save_png: bool) -> None:
-        writer = tensorboard_writer(trainer)
+        sinks = image_sinks(trainer)
         when = "best checkpoint" if stage == "test" else f"epoch {trainer.current_epoch + 1}"
         for kind in KINDS:
             images, true, pred, inputs = self._gathered(kind)
@@ -109,7 +101,7 @@ class PredictionGrids(RunFolderCallback):
                     predicted_labels=pred, confidences=cams["confidence"].tolist(), class_names=self.class_names,
                     title=f"Grad-CAM ({layer}): {title}")
             for name, figure in figures.items():
-                publish_figure(writer, f"{stage}/{name}", trainer.global_step, figure,
+                publish_figure(sinks, f"{stage}/{name}", trainer.global_step, figure,
                                path=self.run_dir / f"{name}.png" if save_png else None)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

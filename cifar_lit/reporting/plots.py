@@ -7,7 +7,7 @@ Colours come from the Okabe-Ito palette, readable with the common colour-vision 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,14 +75,15 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return write_bytes_atomic(path, figure_png(figure))
 
 
-def publish_figure(writer: Any | None, tag: str, step: int, figure: Figure, *, path: Path | None = None) -> None:
-    """Draw a figure once for TensorBoard's image `tag` (when there is a writer) and for a PNG at `path` (if given);
-    with neither, not at all."""
-    if writer is None and path is None:
+def publish_figure(sinks: Sequence[Callable[[str, np.ndarray, int], None]], tag: str, step: int, figure: Figure, *,
+                   path: Path | None = None) -> None:
+    """Draw a figure once for the loggers' image `tag` (`sinks`: reporting/loggers.py's `image_sinks`) and for a PNG
+    at `path` (if given); with neither, not at all."""
+    if not sinks and path is None:
         return
     pixels = render(figure)
-    if writer is not None:
-        writer.add_image(tag, pixels, step, dataformats="HWC")
+    for sink in sinks:
+        sink(tag, pixels, step)
     if path is not None:
         write_bytes_atomic(path, png_bytes(pixels))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from cifar_lit.phases import phase
-from cifar_lit.reporting.grids import tensorboard_writer
+from cifar_lit.reporting.loggers import image_sinks
 from cifar_lit.reporting.plots import augmentation_figure, publish_figure
 
 PREVIEW_IMAGES = 16
@@ -21,8 +21,8 @@ class AugmentationPreview(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        writer = tensorboard_writer(trainer)
-        if writer is None or trainer.global_step != 0 or not trainer.is_global_zero or \
+        sinks = image_sinks(trainer)
+        if not sinks or trainer.global_step != 0 or not trainer.is_global_zero or \
                 datamodule.options.data_path != "tensor":
             return
         # Under the training loop's own grad mode: the compiled augmentation is guarded on it (no_grad here would
@@ -33,4 +33,4 @@ class AugmentationPreview(pl.Callback):
             figure = augmentation_figure(stored.float().div(255).cpu().numpy(), seen, labels.tolist(),
                                          class_names=datamodule.class_names,
                                          title="Training images as stored (top) and as the network receives them")
-            publish_figure(writer, TAG, trainer.global_step, figure)
+            publish_figure(sinks, TAG, trainer.global_step, figure)

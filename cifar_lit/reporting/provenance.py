@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from cifar_lit.hardware import devices
+from cifar_lit.reliability.secrets import mask_secrets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: cifar_lit/reporting/provenance.py
 
@@ -62,9 +63,10 @@ def git_commit() -> str | None:
 
 
 def command_line(argv: list[str] | None = None, program: str | None = None) -> str:
-    """The command as a user would type it; `program` may hold several words ("-m cifar_lit.bench")."""
+    """The command as a user would type it, secrets masked (reliability/secrets.py); `program` may hold several
+    words ("-m cifar_lit.bench")."""
     program = program or Path(sys.argv[0]).name
-    return shlex.join(["python", *program.split(), *(sys.argv[1:] if argv is None else argv)])
+    return mask_secrets(shlex.join(["python", *program.split(), *(sys.argv[1:] if argv is None else argv)]))
 
 
 def shell_command(program: str, *args: object) -> str:

@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from cifar_lit.hardware.plan import HardwarePlan
 from cifar_lit.hardware.timing import peak_memory_mb
@@ -17,6 +16,7 @@ from cifar_lit.reliability.files import write_text_atomic
 from cifar_lit.reliability.non_finite import SkippedSteps
 from cifar_lit.reliability.run_folder import RunFolderCallback
 from cifar_lit.reporting.history import EpochHistory
+from cifar_lit.reporting.loggers import log_results
 from cifar_lit.reporting.provenance import device_description, versions
 from cifar_lit.training.compile_warmup import CompileWarmup
 
@@ -126,10 +126,7 @@ class RunSummary(RunFolderCallback):
         params = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
                   for key, value in self.config.items()}
         metrics = {f"hp/{key}": float(summary[key]) for key in HPARAM_METRICS if summary.get(key) is not None}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics)
-                logger.finalize("success")
+        log_results(trainer, params, metrics)
 
 
 def closing_line(summary: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -45,8 +45,8 @@ def all_options() -> list[tuple[str, Any, Any, str]]:
         helps, hints = _docstring_help(group), typing.get_type_hints(group)
         for option in fields(group):
             if option.name not in GROUPED:
-                seen.setdefault(option.name, (option.name, hints[option.name], option.default,
-                                              helps.get(option.name, "")))
+                default = option.default_factory() if option.default is MISSING else option.default
+                seen.setdefault(option.name, (option.name, hints[option.name], default, helps.get(option.name, "")))
     return list(seen.values())
 
 
@@ -73,6 +73,9 @@ def build_parser(lenient: bool = False) -> ArgumentParser:
         if is_switch(annotation):
             parser.add_argument(flag(name), action=ActionYesNo(no_prefix="no-"), nargs="?", default=default,
                                 help=help_text)
+        elif typing.get_origin(annotation) is list:  # --logger tensorboard mlflow: each value of the element type
+            parser.add_argument(flag(name), type=Any if lenient else typing.get_args(annotation)[0], nargs="+",
+                                default=default, help=help_text)
         else:
             parser.add_argument(flag(name), type=Any if lenient else annotation, default=default, help=help_text)
     # Any other argument of Lightning's Trainer, as LightningCLI offers them, under a heading of their own.

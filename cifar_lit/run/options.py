@@ -24,6 +24,8 @@ from cifar_lit.reliability.option_types import (
     Seed,
     from_values,
 )
+from cifar_lit.reliability.secrets import mask_secrets
+from cifar_lit.reporting.loggers import LoggerName
 from cifar_lit.training.options import ModelOptions
 
 Precision = Literal["bf16-mixed", "16-mixed", "32-true", "32", "bf16-true", "64-true"]
@@ -90,6 +92,10 @@ class RunOptions:
             start); delete it to compile from scratch
         ema_decay: keep an exponential moving average of the weights with this decay and evaluate with it (e.g.
             0.999); off by default
+        logger: where the run logs: tensorboard (the default), csv, mlflow, wandb, or several (--logger tensorboard
+            mlflow); mlflow and wandb are extras (pip install -e ".[mlflow]")
+        mlflow_uri: the MLflow tracking server or store (default: MLFLOW_TRACKING_URI, else an SQLite file beside the
+            runs, <logdir>/mlflow.db); a password in it is never written to a file or a log
         trainer: more arguments of Lightning's Trainer, as `--trainer.NAME VALUE` or a config file's `trainer:`
             section (e.g. gradient_clip_val, accumulate_grad_batches, max_time, profiler, val_check_interval)
     """
@@ -125,6 +131,8 @@ class RunOptions:
     gradcam_layer: str | None = "auto"
     compile_cache: str = "~/.cache/cifar_lit/compile"
     ema_decay: OpenUnitInterval | None = None
+    logger: list[LoggerName] = field(default_factory=lambda: ["tensorboard"])
+    mlflow_uri: str | None = None
     trainer: TrainerArguments = field(default_factory=dict)
 
 
@@ -173,7 +181,7 @@ class Options:
     def record(self) -> dict[str, Any]:
         """The flat keys as config.yaml holds them: every option as it runs (the config files already applied, so
         not listed; --print-config not carried into a file that runs)."""
-        record = self.replace(print_config=False).as_dict()
+        record = self.replace(print_config=False, mlflow_uri=mask_secrets(self.run.mlflow_uri or "") or None).as_dict()
         del record["config"]
         return record
 

@@ -17,7 +17,9 @@ from cifar_lit.hardware.plan import HardwarePlan, plan_hardware
 from cifar_lit.reliability.disk import bytes_needed, check_free_space
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.run_folder import check_writable, launched_as_several_processes, next_free_version
+from cifar_lit.reliability.secrets import is_masked
 from cifar_lit.reporting.gradcam import network_layer, resolve_layer
+from cifar_lit.reporting.loggers import check_loggers as available_loggers
 from cifar_lit.run.lr_range_test import RangeTest, suggest_lr
 from cifar_lit.run.options import Options
 from cifar_lit.run.resume import ResumePlan, check_resumed_data, plan_resume
@@ -127,6 +129,16 @@ def choose_lr(options: Options, hardware: HardwarePlan, datamodule: ImageDataMod
         return options, None
     range_test = suggest_lr(options, hardware, datamodule)
     return options.replace(lr=float(f"{range_test.suggested_flag_lr:.3g}")), range_test
+
+
+def check_loggers(options: Options) -> None:
+    """The loggers asked for can be built (their extra installed), and an MLflow address whose password a file
+    masked is given again, not guessed."""
+    run = options.run
+    available_loggers(run.logger)
+    if "mlflow" in run.logger and is_masked(run.mlflow_uri) and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"The run logged to MLflow at {run.mlflow_uri}, whose password is not kept in files. Give "
+                          "--mlflow-uri again (or set MLFLOW_TRACKING_URI) to log to the same server.")
 
 
 def check_network(model: CIFARClassifier, options: Options, datamodule: ImageDataModule) -> Target:

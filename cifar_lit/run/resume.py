@@ -65,7 +65,8 @@ MAY_CHANGE_ON_RESUME = (
     "crop_padding", "flip", "cutout", "val_split", "normalization", "ema_decay",
     # what is written and shown
     "ckpt_every_n_epochs", "ckpt_every_n_steps", "best_weights_only", "log_every_n_steps", "progress_bar",
-    "sanity_val_steps", "figures", "grid_images", "grid_every_n_epochs", "gradcam_layer", "lr_find_steps",
+    "sanity_val_steps", "figures", "logger", "mlflow_uri", "grid_images", "grid_every_n_epochs", "gradcam_layer",
+    "lr_find_steps",
     # more Trainer arguments: what this command gives is laid over what the run had
     "trainer",
 )

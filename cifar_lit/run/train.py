@@ -42,6 +42,7 @@ from cifar_lit.reliability.errors import UserError
 from cifar_lit.reliability.non_finite import NonFiniteLoss
 from cifar_lit.reliability.run_folder import choose_run_dir, holding, remove_if_unused
 from cifar_lit.reliability.signals import Interrupted, SignalGuard, StopRequested
+from cifar_lit.reporting.loggers import close_loggers
 from cifar_lit.reporting.provenance import command_line, git_commit
 from cifar_lit.reporting.summary import closing_line
 from cifar_lit.run import messages
@@ -50,6 +51,7 @@ from cifar_lit.run.lr_range_test import FOLDER as LR_FIND_FOLDER
 from cifar_lit.run.options import Options
 from cifar_lit.run.preflight import (
     Prepared,
+    check_loggers,
     check_network,
     choose_lr,
     dry_run_report,
@@ -129,6 +131,7 @@ def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] 
             print(resume.nothing_to_do)
             return RunResult(outcome="nothing_to_do", run_dir=resume.run_dir,
                              epochs=epochs_completed(resume.checkpoint), global_steps=resume.checkpoint["global_step"])
+        check_loggers(settled)
         hardware = plan(settled)
         if settled.run.dry_run:
             print(dry_run_report(hardware, settled, resume.run_dir if resume else None))
@@ -201,8 +204,12 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
                                                    eval_batch_size=data.eval_batch_size,
                                                    data_on_device=data.data_on_device)
             with caching, out_of_space_as_error(run_dir or options.run.logdir), out_of_memory:
-                return fit_and_test(trainer, run, callbacks, signals)
+                result = fit_and_test(trainer, run, callbacks, signals)
+            close_loggers(trainer, finished=result.outcome == "finished")
+            return result
     except NonFiniteLoss as bad:
+        if trainer is not None:
+            close_loggers(trainer, finished=False)
         folder = callbacks.graceful.run_dir if callbacks.graceful else run_dir
         remove_if_unused(run_dir, created)
         print(messages.non_finite_loss(bad, folder), file=sys.stderr)
@@ -210,6 +217,8 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
         return RunResult(outcome="non_finite_loss", run_dir=kept, epochs=bad.epoch, global_steps=bad.step,
                          stop_reason=f"the training loss became NaN or infinite at step {bad.step}")
     except (UserError, Interrupted) as stop:
+        if trainer is not None:
+            close_loggers(trainer, finished=False)
         if isinstance(stop, Interrupted):
             stop.run_dir = callbacks.graceful.run_dir if callbacks.graceful else run_dir
             if trainer is not None and trainer.world_size > 1:

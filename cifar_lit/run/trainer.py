@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, Timer
 from pytorch_lightning.callbacks.weight_averaging import WeightAveraging
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -25,6 +24,7 @@ from cifar_lit.reliability.signals import GracefulStop, SignalGuard
 from cifar_lit.reporting.figures import ConfusionFigures
 from cifar_lit.reporting.grids import PredictionGrids
 from cifar_lit.reporting.history import EpochHistory
+from cifar_lit.reporting.loggers import LoggerIds, build_loggers
 from cifar_lit.reporting.model_summary import ModelSummaryFile
 from cifar_lit.reporting.previews import AugmentationPreview
 from cifar_lit.reporting.summary import RunSummary
@@ -62,6 +62,7 @@ class RunCallbacks:
     graceful: GracefulStop | None = None
     summary: RunSummary | None = None
     model_summary: ModelSummaryFile | None = None
+    logger_ids: LoggerIds | None = None
     preview: AugmentationPreview | None = None
     warmup: CompileWarmup = field(default_factory=CompileWarmup)  # last: it compiles once the others have started
     before: list[Callback] = field(default_factory=list)
@@ -120,6 +121,7 @@ def build_callbacks(options: Options, *, run_dir: Path | None, datamodule: Image
         callbacks.last_steps = StepCheckpoint(**latest, every_n_train_steps=run.ckpt_every_n_steps)
     callbacks.graceful = GracefulStop(guard, run_dir, signals)
     callbacks.model_summary = ModelSummaryFile(run_dir)
+    callbacks.logger_ids = LoggerIds(run_dir)
     callbacks.summary = RunSummary(
         config=options.record(), command=command, commit=commit, clock=clock, timer=timer, stop=callbacks.stop,
         best=callbacks.best, history=callbacks.history, warmup=callbacks.warmup, skipped=callbacks.skipped,
@@ -145,9 +147,7 @@ def build_trainer(run: RunOptions, hardware: HardwarePlan, callbacks: RunCallbac
                   ) -> pl.Trainer:
     logger: Any = False
     if not run.fast_dev_run:
-        save_dir = run_dir.parent if run_dir is not None else Path(run.logdir)
-        logger = TensorBoardLogger(save_dir=str(save_dir), name="", version=run_dir.name if run_dir else None,
-                                   default_hp_metric=False)
+        logger = build_loggers(run.logger, logdir=Path(run.logdir), run_dir=run_dir, mlflow_uri=run.mlflow_uri)
     precision, plugins = precision_settings(hardware)
     plugins.append(OrderedAsyncCheckpointIO(AtomicCheckpointIO()))
     return pl.Trainer(
