@@ -176,8 +176,50 @@ def insight_table(depth: int = 1) -> str:
     return "\n".join(rows)
 
 
+def newest(pattern: str) -> tuple[str, dict[str, Any]] | None:
+    paths = sorted(RESULTS.glob(pattern))
+    return (paths[-1].name, json.loads(paths[-1].read_text())) if paths else None
+
+
+def sweep_overhead_table(depth: int = 1) -> str:
+    """docs/sweeps.md: the sweep's own seconds per trial, and memory over the trials."""
+    found = newest("sweep_overhead-*.json")
+    if found is None:
+        return NOT_MEASURED
+    name, run = found
+    rss = run["rss_mb_after_each_trial"]
+    return "\n".join([
+        "| trials | a trial | the sweep's own, per trial | share | RSS after trial 1, 2, last | modules alive after "
+        "each | device | commit | record |", "|---|---|---|---|---|---|---|---|---|",
+        f"| {run['trials']} | {run['trial_seconds_mean']:.2f} s | {1000 * run['sweep_own_seconds_per_trial']:.0f} ms "
+        f"| {100 * run['sweep_own_share']:.1f}% | {rss[0]:.0f}, {rss[1]:.0f}, {rss[-1]:.0f} MB | "
+        f"{max(run['live_lightning_modules_after_each_trial'])} | {run['device']} | {short(run['git_commit'])} | "
+        f"{link(name, depth)} |"])
+
+
+def sweep_cpu_table(depth: int = 1) -> str:
+    """docs/sweeps.md: every trial of the small CPU study on real data."""
+    found = newest("sweep_study-*.json")
+    if found is None:
+        return NOT_MEASURED
+    name, study = found
+    rows = [f"Record {link(name, depth)}: {study['device']}, commit {short(study['git_commit'])}, "
+            f"{study['wall_seconds'] / 60:.0f} minutes in all.", "",
+            "| trial | lr | label_smoothing | warmup_fraction | best val accuracy | state |",
+            "|---:|---|---|---|---|---|"]
+    for trial in study["trials"]:
+        params, value = trial["params"], trial["value"]
+        state = f"pruned ({trial['pruned']})" if trial["pruned"] else trial["state"]
+        best = " (best)" if trial["number"] == study["best_trial"] else ""
+        rows.append(f"| {trial['number']} | {params.get('lr', 0):.3g} | {params.get('label_smoothing', 0):.3f} | "
+                    f"{params.get('warmup_fraction', 0):.3f} | {percent(value) if value is not None else '–'}{best} | "
+                    f"{state} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {"results": results_table, "cpu-speed": cpu_speed_table,
-                                        "h100": h100_table, "insight": insight_table}
+                                        "h100": h100_table, "insight": insight_table,
+                                        "sweep-overhead": sweep_overhead_table, "sweep-cpu": sweep_cpu_table}
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 
 

@@ -8,6 +8,7 @@ behaviour. Upgrading Lightning is then this file and that test run.
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "loss_scale",
     "on_last_batch_of_epoch",
     "queue_after_pending_saves",
+    "release_callbacks",
     "saved_after_last_batch",
     "threshold_reached",
     "training_steps",
@@ -207,6 +209,16 @@ def forget_threshold_stop(early_stopping: EarlyStopping) -> None:
     """Undo a restored threshold stop (a resumed run with a raised target must not stop on the old one)."""
     early_stopping.stopping_reason = EarlyStoppingReason.NOT_STOPPED
     early_stopping.stopping_reason_message = None
+
+
+def release_callbacks(trainer: pl.Trainer) -> None:
+    """Let the module go with its Trainer. Lightning's callback connector binds `callback.log` and
+    `callback.log_dict` to the LightningModule, so a callback that outlives its run (a sweep's, a notebook's) would
+    keep the whole network alive until it is dropped."""
+    for callback in trainer.callbacks:
+        for name in ("log", "log_dict"):
+            if isinstance(vars(callback).get(name), types.MethodType):
+                delattr(callback, name)
 
 
 # ---------------------------------------------------------------------------------------------- messages

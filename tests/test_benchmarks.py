@@ -101,6 +101,28 @@ def test_framework_overhead_runs(tmp_path, monkeypatch):
     assert record["lightning_us_per_step"]["median"] > 0 and record["bare_us_per_step"]["median"] > 0
 
 
+def test_sweep_overhead_runs(tmp_path, monkeypatch):
+    """It swaps the network and wraps the trials' fit: both get their own back after."""
+    from cifar_lit.sweep import trials
+
+    monkeypatch.setitem(MODELS, "resnet18", MODELS["resnet18"])
+    monkeypatch.setattr(trials, "fit", trials.fit)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert run_in_process(monkeypatch, "sweep_overhead.py", "--trials", "2", "--steps", "5", "--out",
+                          str(tmp_path)) == 0
+    record = only_record(tmp_path, "sweep_overhead-*.json")
+    assert len(record["rss_mb_after_each_trial"]) == 2 and record["live_lightning_modules_after_each_trial"] == [0, 0]
+    assert 0 < record["sweep_own_seconds_per_trial"] < record["trial_seconds_mean"]
+
+
+def test_sweep_study_runs(image_folder, tmp_path, monkeypatch):
+    assert run_in_process(monkeypatch, "sweep_study.py", str(image_folder), str(tmp_path), "--trials", "2", "--",
+                          "--max-epochs", "1", "--limit-train-batches", "2", "--eval-batch-size", "50") == 0
+    record = only_record(tmp_path, "sweep_study-*.json")
+    assert [trial["number"] for trial in record["trials"]] == [0, 1] and record["best_trial"] in (0, 1)
+    assert (tmp_path / "sweep_history.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.fixture(scope="module")
 def insight_out(image_folder_master, tmp_path_factory) -> Path:
     def run_insight(out: Path) -> None:

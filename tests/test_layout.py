@@ -16,7 +16,7 @@ LAYERS = (
     ("data",),
     ("reporting",),
     ("run",),
-    ("bench", "app"),
+    ("bench", "app", "sweep"),
 )
 LAYER_OF = {room: depth for depth, rooms in enumerate(LAYERS) for room in rooms}
 TOP_LEVEL_FILES = {"__init__.py", "phases.py", "lightning_compat.py"}

@@ -3,11 +3,13 @@ that function relies on (the function's docstring says why it is needed)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,6 +246,18 @@ def test_threshold_reached_and_forgotten(tmp_path):
     assert fitted.current_epoch == 2 and compat.threshold_reached(stop)
     compat.forget_threshold_stop(stop)
     assert not compat.threshold_reached(stop)
+
+
+def test_release_callbacks_lets_a_callback_outlive_its_module(tmp_path):
+    kept, module = Callback(), Tiny()
+    run = trainer(tmp_path, callbacks=[kept])
+    run.fit(module)
+    assert kept.log.__self__ is module, "Lightning binds callback.log to the module (the reason for the function)"
+    alive = weakref.ref(module)
+    compat.release_callbacks(run)
+    del module, run
+    gc.collect()
+    assert alive() is None and not hasattr(kept, "log_dict")
 
 
 def test_unactionable_messages_are_hidden_and_still_exist(tmp_path, caplog, recwarn):

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback
 from cifar_lit.reliability.checkpoints import CHECKPOINT_FOLDER
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.reliability.files import process_alive
+from cifar_lit.reliability.secrets import mask_secrets
 
 log = logging.getLogger("cifar_lit")
 RUN_DIR_ENV = "CIFAR_LIT_RUN_DIR"  # inherited by DDP worker processes that Lightning starts, so all share one folder
@@ -74,9 +75,11 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-def choose_run_dir(fast_dev_run: bool, logdir: str | Path, resumed_run_dir: Path | None) -> tuple[Path | None, bool]:
-    """(run folder, whether it was created now). None when nothing is written (fast-dev-run) or when the folder is
-    only known once Lightning has set up the processes (torchrun, SLURM: rank zero chooses it then)."""
+def choose_run_dir(fast_dev_run: bool, logdir: str | Path, resumed_run_dir: Path | None,
+                   name: str | None = None) -> tuple[Path | None, bool]:
+    """(run folder, whether it was created now): `name` under `logdir` when given (a sweep's trial_NNN), else the
+    next version_N. None when nothing is written (fast-dev-run) or when the folder is only known once Lightning has
+    set up the processes (torchrun, SLURM: rank zero chooses it then)."""
     if fast_dev_run:
         return None, False
     check_writable(Path(logdir))
@@ -89,6 +92,14 @@ def choose_run_dir(fast_dev_run: bool, logdir: str | Path, resumed_run_dir: Path
         return resumed_run_dir, False
     if launched_as_several_processes():
         return None, False
+    if name is not None:
+        folder = Path(logdir) / name
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            raise ConfigError(f"The run folder {folder} exists already (--run-name {name}). Give another name, or "
+                              "resume that run with --resume.") from None
+        return folder, True
     return next_version_dir(Path(logdir)), True
 
 
@@ -177,7 +188,7 @@ class RunFolderLock:
                 self.path.unlink(missing_ok=True)
                 continue
             record = {"pid": os.getpid(), "host": socket.gethostname(), "started_ticks": process_start_time(
-                os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+                os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": mask_secrets(" ".join(sys.argv))}
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(json.dumps(record))
                 handle.flush()

@@ -72,6 +72,7 @@ class RunOptions:
         print_config: print the run's configuration as YAML, every option resolved (the hardware plan's decisions
             in place), and exit: what the run's config.yaml would hold, a config file to run again with --config
         logdir: folder of the runs (version_N/ with TensorBoard logs and checkpoints)
+        run_name: the run folder's name under --logdir (default: the next version_N); one that exists is refused
         deterministic: use deterministic algorithms (bit-identical reruns; slower on GPUs)
         ckpt_every_n_epochs: refresh last.ckpt after every N epochs; 0: only when training ends or a signal stops it
             (fewer writes, but a kill -9 then loses everything trained so far)
@@ -118,6 +119,7 @@ class RunOptions:
     dry_run: bool = False
     print_config: bool = False
     logdir: str = "lightning_logs"
+    run_name: str | None = None
     deterministic: bool = False
     ckpt_every_n_epochs: NonNegativeInt = 1
     ckpt_every_n_steps: NonNegativeInt = 0

@@ -40,7 +40,7 @@ log = logging.getLogger("cifar_lit")
 # Every option is in exactly one of these four lists (tests/test_resume_options.py checks it), so a new option is
 # placed on purpose.
 # What a resume takes from this command, never from the run it continues.
-FROM_THIS_COMMAND = ("resume", "dry_run", "print_config", "find_lr", "fast_dev_run")
+FROM_THIS_COMMAND = ("resume", "dry_run", "print_config", "find_lr", "fast_dev_run", "run_name")
 # The training state depends on these: another value would train another network or continue the data order at the
 # wrong place, so a resume that gives one is refused.
 MUST_MATCH = {"model": "the network itself", "width": "the network's shape",

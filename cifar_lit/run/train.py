@@ -33,6 +33,7 @@ from cifar_lit.lightning_compat import (
     hide_unactionable_messages,
     is_lightning_sigterm,
     keep_own_signal_handlers,
+    release_callbacks,
     signal_other_processes,
 )
 from cifar_lit.phases import PhaseClock
@@ -109,22 +110,23 @@ def exit_status(result: RunResult) -> int:
 
 
 def fit(options: Options | Sequence[str] = (), *, callbacks: Sequence[Callback] = (),
-        started: float | None = None) -> RunResult:
+        started: float | None = None, command: str | None = None) -> RunResult:
     """Train as `python train.py` does and return what came of it.
 
     `options`: typed `Options` (`Options.of(max_epochs=2, width=16)`) or a train.py command line. `callbacks`: more
     Lightning callbacks, run before the run's own. A user mistake raises a UserError (ConfigError, DataError, ...)
     before anything is written; a signal during training stops the run after saving last.ckpt, and the result says
     so; a signal before the run has a folder raises Interrupted. `started`: when the process began (train.py passes
-    the time before its imports), for the phase clock.
+    the time before its imports), for the phase clock. `command`: what summary.json names as the run's command
+    (default: the train.py command line, or `cifar_lit.fit(...)` for typed options).
     """
     with process_state(started) as (clock, signals):
         commit = git_commit()  # the code that runs is the code checked out now, whatever is edited during training
         if isinstance(options, Options):
             check_options(options)
-            asked, command = options, "cifar_lit.fit(...)"
+            asked, command = options, command or "cifar_lit.fit(...)"
         else:
-            asked, command = parse_options(options), command_line(list(options), "train.py")
+            asked, command = parse_options(options), command or command_line(list(options), "train.py")
         # The steps before the run folder (run/preflight.py); each refuses a user mistake before anything is written.
         settled, resume = settle(asked)
         if resume is not None and resume.nothing_to_do and not resume.test_only:
@@ -181,7 +183,7 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
     checkpoint leaves no folder behind."""
     options, hardware = run.options, run.hardware
     run_dir, created = choose_run_dir(options.run.fast_dev_run, options.run.logdir, run.resume.run_dir
-                                      if run.resume else None)
+                                      if run.resume else None, options.run.run_name)
     callbacks = build_callbacks(run.options, run_dir=run_dir, datamodule=run.datamodule, command=command,
                                 commit=commit, clock=clock, signals=signals, hardware=hardware, target=run.target)
     callbacks.before.extend(extra)
@@ -225,6 +227,9 @@ def fit_in_run_folder(run: Prepared, *, command: str, commit: str | None, clock:
                 signal_other_processes(trainer, stop.signum)
         remove_if_unused(run_dir, created)
         raise
+    finally:
+        if trainer is not None:
+            release_callbacks(trainer)  # a caller's callback may outlive the run; the network must not
 
 
 def stopped(signum: int, run_dir: Path | None, trainer: pl.Trainer) -> RunResult:
