@@ -209,7 +209,7 @@ def sweep_cpu_table(depth: int = 1) -> str:
             "|---:|---|---|---|---|---|"]
     for trial in study["trials"]:
         params, value = trial["params"], trial["value"]
-        state = f"pruned ({trial['pruned']})" if trial["pruned"] else trial["state"]
+        state = f"pruned: {trial['pruned']}" if trial["pruned"] else trial["state"]
         best = " (best)" if trial["number"] == study["best_trial"] else ""
         rows.append(f"| {trial['number']} | {params.get('lr', 0):.3g} | {params.get('label_smoothing', 0):.3f} | "
                     f"{params.get('warmup_fraction', 0):.3f} | {percent(value) if value is not None else '–'}{best} | "

@@ -5,7 +5,7 @@ CIFAR-10, through sweep.py in this process.
 
 Writes into OUT the record `sweep_study-<device>-<date>.json` (the command, commit, versions, device, wall seconds,
 and every trial: number, state, parameters, value, why it was pruned) and the report's pictures as
-sweep_history.png and sweep_slice.png.
+sweep_history.png, sweep_epochs.png and sweep_slice.png.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> int:
                     "value": trial.value, "pruned": trial.user_attrs.get("pruned")} for trial in study.get_trials()],
     }
     path = write_record(args.out, "sweep_study", record)
-    for name in ("history", "slice"):
+    for name in ("history", "epochs", "slice"):
         shutil.copy(folder / f"{name}.png", args.out / f"sweep_{name}.png")
     print(f"{len(record['trials'])} trials in {seconds:.0f} s; best: trial {record['best_trial']}; wrote {path}")
     return 0

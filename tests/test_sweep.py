@@ -42,6 +42,12 @@ def stored(logdir: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{logdir / 'sweeps.db'}")
 
 
+def created(logdir: Path, space: Path, pruner: str = "none", startup_trials: int = 0) -> optuna.Study:
+    """The study of `space` in `logdir`'s default SQLite file, as sweep.py creates it, before any trial."""
+    return open_study(open_storage(f"sqlite:///{logdir / 'sweeps.db'}", 60), "tiny", read_space(space),
+                      pruner=pruner_for(pruner, startup_trials), base={})
+
+
 def states(study: optuna.Study) -> list[str]:
     return [trial.state.name for trial in study.get_trials()]
 
@@ -66,6 +72,17 @@ def test_a_mistake_in_the_space_or_the_flags_is_one_error_before_any_trial(tiny_
     error = capsys.readouterr().err
     assert error.startswith("error: ") and named in error
     assert not (tmp_path / "logs").exists(), "nothing written: no database, no trial folder"
+
+
+def test_a_report_of_a_study_that_is_not_there_names_what_is(tiny_flags, tmp_path, capsys):
+    logdir = tmp_path / "logs"
+    assert main(["--report", "--study", "tiny", "--logdir", str(logdir)]) == 2
+    assert f"There is no study database at {logdir / 'sweeps.db'}" in capsys.readouterr().err
+    assert not logdir.exists()
+    created(logdir, space_file(tmp_path, LR_SPACE))
+    assert main(["--report", "--study", "tiny2", "--logdir", str(logdir)]) == 2
+    error = capsys.readouterr().err
+    assert "There is no study 'tiny2' in sqlite:///" in error and "(its studies: tiny)" in error
 
 
 def test_an_objective_that_is_neither_is_named(tmp_path):
@@ -103,7 +120,7 @@ def test_trials_are_run_folders_of_the_default_sqlite_study_and_nothing_of_one_o
     gc.collect()
     assert len(modules) == 4 and all(ref() is None for ref in modules), "a finished trial's module and Trainer freed"
 
-    for picture in ("history.png", "slice.png", "importances.png"):
+    for picture in ("history.png", "epochs.png", "slice.png", "importances.png"):
         assert (folder / picture).read_bytes().startswith(b"\x89PNG")
     best = max(study.get_trials(), key=lambda trial: trial.value)
     (folder / "best.yaml").unlink()
@@ -116,8 +133,7 @@ def test_trials_are_run_folders_of_the_default_sqlite_study_and_nothing_of_one_o
 
 def test_a_study_whose_space_changed_is_refused_unless_study_names_a_new_one(tiny_flags, tmp_path, capsys):
     logdir = tmp_path / "logs"
-    storage = open_storage(f"sqlite:///{logdir / 'sweeps.db'}", 60)
-    open_study(storage, "tiny", read_space(space_file(tmp_path, LR_SPACE)), pruner=pruner_for("none", 0), base={})
+    created(logdir, space_file(tmp_path, LR_SPACE))
     changed = {**LR_SPACE, "space": {"lr": {"low": 0.001, "high": 0.01, "log": True}}}
     path = space_file(tmp_path, changed)
     assert main(["--space", str(path), "--trials", "1", *tiny_flags, "--max-epochs", "1"]) == 2
@@ -132,8 +148,7 @@ def test_the_median_pruner_stops_a_trial_that_cannot_win_and_its_folder_says_so(
     logdir = tmp_path / "logs"
     space = {**LR_SPACE, "space": {"lr": {"low": 1.0e-7, "high": 0.01, "log": True}}}
     path = space_file(tmp_path, space)
-    storage = open_storage(f"sqlite:///{logdir / 'sweeps.db'}", 60)
-    study = open_study(storage, "tiny", read_space(path), pruner=pruner_for("median", 1), base={})
+    study = created(logdir, path, "median", 1)
     study.enqueue_trial({"lr": 0.005})  # learns: about 50% after an epoch on this data
     study.enqueue_trial({"lr": 1.0e-7})  # learns nothing: chance after its first epoch
     assert main(["--space", str(path), "--trials", "2", "--startup-trials", "1", *tiny_flags,
@@ -164,7 +179,7 @@ def sweep_process(flags: list[str]) -> subprocess.Popen:
 @pytest.mark.slow
 def test_sigterm_ends_the_running_trial_as_a_stopped_run_and_the_same_command_continues(tiny_flags, tmp_path):
     logdir = tmp_path / "logs"
-    flags = ["--space", str(space_file(tmp_path, LR_SPACE)), "--trials", "2", "--pruner", "none", *tiny_flags,
+    flags = ["--space", str(space_file(tmp_path, LR_SPACE)), "--trials", "1", "--pruner", "none", *tiny_flags,
              "--max-epochs", "40"]
     process = sweep_process(flags)
     first = logdir / "sweeps" / "tiny" / "trial_000"
@@ -182,7 +197,7 @@ def test_sigterm_ends_the_running_trial_as_a_stopped_run_and_the_same_command_co
 
     assert main([*flags[:-1], "1"]) == 0, "the same command (shorter trials), again"
     study = stored(logdir)
-    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"], "the stopped trial's parameters first, then one more"
+    assert states(study) == ["FAIL", "COMPLETE"], "the stopped trial does not count; its parameters run again"
     assert study.trials[1].params == stopped.params
 
 
@@ -193,9 +208,8 @@ def free_port() -> int:
 
 
 def test_optuna_dashboard_lists_the_study(tmp_path):
+    created(tmp_path, space_file(tmp_path, LR_SPACE))
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
-    open_study(open_storage(url, 60), "tiny", read_space(space_file(tmp_path, LR_SPACE)), pruner=pruner_for("none", 0),
-               base={})
     port = free_port()
     server = subprocess.Popen(["optuna-dashboard", url, "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -221,8 +235,8 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     storage = open_storage(POSTGRES, 60)
     logdirs = [tmp_path / "machine_a", tmp_path / "machine_b"]  # as on two machines: each its own run folders
     common = ["--space", str(space_file(tmp_path, LR_SPACE)), "--study", name, "--storage", POSTGRES,
-              "--trials", "5", "--pruner", "none", "--heartbeat", "1", *TINY_FLAGS, "--data-dir", str(image_folder)]
-    workers = [sweep_process([*common, "--logdir", str(logdir), "--max-epochs", "6"]) for logdir in logdirs]
+              "--trials", "4", "--pruner", "none", "--heartbeat", "1", *TINY_FLAGS, "--data-dir", str(image_folder)]
+    workers = [sweep_process([*common, "--logdir", str(logdir), "--max-epochs", "4"]) for logdir in logdirs]
     doomed = workers[0]
 
     def running_in_doomed() -> list[optuna.trial.FrozenTrial]:
@@ -237,17 +251,22 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
         return [trial for trial in mine if trial.state.name == "RUNNING"
                 and (logdirs[0] / "sweeps" / name / f"trial_{trial.number:03d}" / "metrics.csv").is_file()]
 
-    wait_until(running_in_doomed, doomed)
-    (killed,) = running_in_doomed()
-    doomed.kill()
-    doomed.wait()
-    out, err = workers[1].communicate(timeout=240)
+    try:
+        wait_until(running_in_doomed, doomed)
+        (killed,) = running_in_doomed()
+        doomed.kill()
+        doomed.wait()
+        out, err = workers[1].communicate(timeout=240)
+    finally:  # no worker outlives the test, whatever failed
+        for worker in workers:
+            worker.kill()
+            worker.wait()
     assert workers[1].returncode == 0, err
 
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials()
     assert len({trial.number for trial in trials}) == len(trials), "trial numbers are unique"
-    assert sum(trial.state.name == "COMPLETE" for trial in trials) == 5, "the count asked for"
+    assert sum(trial.state.name == "COMPLETE" for trial in trials) == 4, "the count asked for"
     assert study.trials[killed.number].state.name == "FAIL", "the killed worker's trial, failed by its heartbeat"
     (retry,) = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed.number]
     assert retry.state.name == "COMPLETE" and retry.params == killed.params

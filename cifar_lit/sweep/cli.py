@@ -37,7 +37,9 @@ DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweep.py", allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="sweep.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
+                                     epilog="Every other flag goes to each trial as to train.py: `python train.py "
+                                            "--help` lists them. More: docs/sweeps.md.")
     parser.add_argument("--space", type=Path, help="the space file (YAML): objective, study name, options to search")
     parser.add_argument("--trials", type=int, help="trials of the study in all (those done before count)")
     parser.add_argument("--storage", help="the study's database (default: sqlite:///<logdir>/sweeps.db); "
@@ -202,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.report and (space is None or args.trials is None or args.trials < 1):
             raise ConfigError("Give --space FILE and --trials N (at least 1) to run a sweep; --report alone reports.")
         url = args.storage or default_storage(Path(base.run.logdir))
+        database = Path(url.removeprefix("sqlite:///"))
+        if args.report and url.startswith("sqlite:///") and not database.is_file():
+            raise ConfigError(f"There is no study database at {database}. Give the --logdir (or --storage) the sweep "
+                              "ran with.")
         storage = open_storage(url, args.heartbeat)
         study_dir = Path(base.run.logdir) / "sweeps" / name
         if args.report:

@@ -56,17 +56,20 @@ def table(study: optuna.Study, objective: str) -> str:
     return "\n".join([*rows, "", f"Trials: {counts or 'none yet'}."])
 
 
-def save_plot(make: Any, path: Path, *args: Any) -> Path | None:
+def save_plot(make: Any, path: Path, study: optuna.Study) -> Path | None:
     """One of Optuna's matplotlib plots as a PNG; None when the study cannot draw it yet (too few trials)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's plots are marked experimental
         try:
-            axes = make(*args)
+            axes = make(study)
         except (ValueError, RuntimeError):
             return None
-        figure = axes.flat[0].get_figure() if hasattr(axes, "flat") else axes.get_figure()
-        figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
-        figure.tight_layout()
+        if hasattr(axes, "flat"):  # a plot per parameter: Optuna's own layout, with its colour bar
+            figure = axes.flat[0].get_figure()
+        else:
+            figure = axes.get_figure()
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
     try:
         return save_figure(figure, path)
     finally:
@@ -74,15 +77,17 @@ def save_plot(make: Any, path: Path, *args: Any) -> Path | None:
 
 
 def plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """history.png, importances.png and slice.png (objective against each parameter) in `folder`."""
+    """history.png (the best value over trials), epochs.png (each trial's validation result per epoch, the pruned
+    ones ending early), slice.png (the objective against each parameter) and importances.png in `folder`."""
     from optuna.visualization import matplotlib as draw
 
-    complete = [trial for trial in study.get_trials(deepcopy=False) if trial.state.is_finished() and trial.params]
-    if not complete:
+    finished = [trial for trial in study.get_trials(deepcopy=False) if trial.state.is_finished() and trial.params]
+    if not finished:
         return []
     made = [save_plot(draw.plot_optimization_history, folder / "history.png", study),
+            save_plot(draw.plot_intermediate_values, folder / "epochs.png", study),
             save_plot(draw.plot_slice, folder / "slice.png", study)]
-    if len(complete) > 1:
+    if len(finished) > 1:
         made.append(save_plot(draw.plot_param_importances, folder / "importances.png", study))
     return [path for path in made if path is not None]
 

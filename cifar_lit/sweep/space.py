@@ -32,7 +32,7 @@ NOT_SEARCHED = ("resume", "dry_run", "print_config", "find_lr", "fast_dev_run", 
                 "gpus", "accelerator", "devices", "num_nodes", "strategy", "logger", "mlflow_uri")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Parameter:
     """One searched option: a range (`low`..`high`, drawn on a log scale with `log`; integers for an integer
     option) or a list of `choices`."""
@@ -94,13 +94,13 @@ def parameter(name: str, entry: Any, source: Path) -> Parameter:
     if problem:
         raise ConfigError(f"{source}: in the space, {problem}")
     if "choices" in entry:
-        return Parameter(name, choices=tuple(entry["choices"]))
+        return Parameter(name=name, choices=tuple(entry["choices"]))
     low, high, log = entry["low"], entry["high"], bool(entry.get("log", False))
     if not low < high:
         raise ConfigError(f"{source}: the space's {name!r} has low {low} not below high {high}.")
     if log and low <= 0:
         raise ConfigError(f"{source}: the space's {name!r} is searched on a log scale, so its low must be above 0.")
-    return Parameter(name, low=low, high=high, log=log, integer=is_integer(annotations[name]))
+    return Parameter(name=name, low=low, high=high, log=log, integer=is_integer(annotations[name]))
 
 
 def read_space(path: Path) -> SearchSpace:

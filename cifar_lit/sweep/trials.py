@@ -77,7 +77,7 @@ class TrialPruning(Callback):
         trainer.should_stop = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialOutcome:
     """What a trial came to: its run's result, its value for the study, whether it is feasible (for time_to_target:
     it reached the target) and why it was pruned; the seconds `fit` took and the pruning callback's share of them."""
