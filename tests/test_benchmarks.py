@@ -116,10 +116,10 @@ def test_sweep_overhead_runs(tmp_path, monkeypatch):
 
 
 def test_sweep_study_runs(image_folder, tmp_path, monkeypatch):
-    assert run_in_process(monkeypatch, "sweep_study.py", str(image_folder), str(tmp_path), "--trials", "2", "--",
+    assert run_in_process(monkeypatch, "sweep_study.py", str(image_folder), str(tmp_path), "--trials", "1", "--",
                           "--max-epochs", "1", "--limit-train-batches", "2", "--eval-batch-size", "50") == 0
     record = only_record(tmp_path, "sweep_study-*.json")
-    assert [trial["number"] for trial in record["trials"]] == [0, 1] and record["best_trial"] in (0, 1)
+    assert [trial["number"] for trial in record["trials"]] == [0] and record["best_trial"] == 0
     assert (tmp_path / "sweep_history.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -81,7 +81,7 @@ def test_two_process_ddp_run_writes_one_run_and_counts_each_test_image_once(odd_
 def test_torchrun_launch_shares_one_run_folder(uninterrupted_ddp, tmp_path):
     """The uninterrupted run of the resume tests below is the torchrun launch (one run of the two, not two)."""
     summary = check_one_run_and_exact_test_accuracy(uninterrupted_ddp, tmp_path, reached=False)
-    assert summary["epochs_run"] == 2 and summary["global_steps"] == 10
+    assert summary["epochs_run"] == 3 and summary["global_steps"] == 15
 
 
 class FakeTrainer:
@@ -135,12 +135,13 @@ def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
 
 
 RUNNER = Path(__file__).with_name("phase_hold_runner.py")
-EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "2", "--ckpt-every-n-epochs", "1"]
-# phase held on rank zero -> (HOLD_AFTER, global step of last.ckpt after the stop, launcher of the resume); 5 steps
-# per epoch on each rank. Each stopped run is launched by Lightning; its resume by torchrun (a cluster job's resume)
-# or by Lightning again.
-SIGNALLED = {"train": (None, 0, "torchrun"), "validation": (None, 5, "lightning"),
-             "checkpoints": ("validation", 5, "lightning")}
+EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "3", "--ckpt-every-n-epochs", "1"]
+# A run signalled in each phase in turn, each stop resumed by the next launch: (phase held on rank zero, HOLD_AFTER,
+# global step of last.ckpt after the stop). 5 steps per epoch on each rank; the resumed run's first checkpoints
+# after a validation are the second epoch's. The stopped runs are launched by
+# Lightning; the last resume by torchrun (a cluster job's resume). One chain, not a run per phase: each launch
+# costs two interpreters' imports (about 7 s each on 2 CPU cores).
+SIGNALLED = [("train", None, 0), ("validation", None, 5), ("checkpoints", "validation", 10)]
 
 
 def ddp_processes(marker: str) -> list[int]:
@@ -172,19 +173,15 @@ def uninterrupted_ddp(odd_folder, tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "ddp_whole", train_whole)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("phase", list(SIGNALLED))
-def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_exactly(phase, odd_folder, tmp_path,
-                                                                                       uninterrupted_ddp):
+def stop_in(phase: str, after: str | None, flags: list[str], logdir: Path) -> Path:
+    """Launches train.py on two processes through the phase-holding runner, sends SIGTERM to rank zero once it is in
+    `phase`, checks that every rank stopped well, and returns last.ckpt."""
     import os
     import signal
     import time
 
-    logdir = tmp_path / "logs"
-    after, step, launcher = SIGNALLED[phase]
     env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
-    process = python([str(RUNNER), *ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP], cwd=ROOT,
-                     stderr=subprocess.PIPE, text=True, env=env)
+    process = python([str(RUNNER), *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     for line in process.stderr:
         lines.append(line)
@@ -195,7 +192,7 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     lines += process.stderr.readlines()
     code = process.wait(timeout=120)
     err = "".join(lines)
-    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert code == 128 + signal.SIGTERM, f"{phase}: {err[-3000:]}"
     assert time.monotonic() - signalled < 60, "every rank stops within a minute"
     deadline = time.monotonic() + 20
     while ddp_processes(str(logdir)) and time.monotonic() < deadline:
@@ -203,11 +200,23 @@ def test_sigterm_to_a_two_process_run_stops_every_rank_saves_once_and_resumes_ex
     assert ddp_processes(str(logdir)) == [], "no rank is left behind"
     assert err.count("Stopped by signal 15") >= 1 and "Traceback" not in err, err[-3000:]
     (run_dir,) = sorted(logdir.glob("version_*"))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == step
-    resumed = launch([*ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP, "--resume", str(last)], launcher)
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_sigterm_in_each_phase_of_a_two_process_run_stops_every_rank_saves_once_and_resumes_exactly(odd_folder,
+                                                                                                   tmp_path,
+                                                                                                   uninterrupted_ddp):
+    logdir = tmp_path / "logs"
+    flags = [*ddp_flags(odd_folder, logdir, grids=False), *EXACT_DDP]
+    resume: list[str] = []
+    for phase, after, step in SIGNALLED:
+        last = stop_in(phase, after, [*flags, *resume], logdir)
+        assert torch.load(last, weights_only=True)["global_step"] == step, phase
+        resume = ["--resume", str(last)]
+    resumed = launch([*flags, *resume], "torchrun")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, whole = final_weights(logdir), final_weights(uninterrupted_ddp)
-    assert final["global_step"] == whole["global_step"] == 10
+    assert final["global_step"] == whole["global_step"] == 15
     for key, value in whole["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), f"{key} differs from the uninterrupted run"

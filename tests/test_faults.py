@@ -141,14 +141,14 @@ def test_step_checkpoints_resume_exactly_and_skip_an_epochs_last_step(noisy_flag
 @pytest.mark.slow
 def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy_flags, tmp_path):
     logdir = tmp_path / "logs"
-    args = [*noisy_flags, "--target-acc", "1.0", "--max-epochs", "6", "--ckpt-every-n-steps", "1"]
+    args = [*noisy_flags, "--target-acc", "1.0", "--max-epochs", "4", "--ckpt-every-n-steps", "1"]
     rng = random.Random(1234)
     steps = []
 
     def saved() -> list[int]:
         return [path.stat().st_mtime_ns for path in logdir.glob("version_*/checkpoints/last.ckpt")]
 
-    for _ in range(3):
+    for _ in range(2):  # a fresh run, then a resumed one: each start costs seconds of imports
         written = saved()
         process = start_training([*args, *(["--resume", "last"] if written else [])])
         # Once this process has saved a step (a checkpoint a step, about 0.1 s each), at a random moment of the next
@@ -160,10 +160,10 @@ def test_kill_9_at_random_moments_always_leaves_a_loadable_last_checkpoint(noisy
         process.wait()
         state = checkpoints.load_checkpoint(only_run(logdir) / "checkpoints" / "last.ckpt")  # never a torn file
         steps.append(state["global_step"])
-    assert 0 < steps[0] < steps[1] < steps[2] < 60, "each resumed run went on from the last and was killed"
+    assert 0 < steps[0] < steps[1] < 40, "the resumed run went on from the last and was killed"
     assert main(["--resume", "last", "--logdir", str(logdir)]) == 0
     summary = json.loads((only_run(logdir) / "summary.json").read_text())
-    assert summary["epochs_run"] == 6 and summary["global_steps"] == 60
+    assert summary["epochs_run"] == 4 and summary["global_steps"] == 40
 
 
 KILLED_DURING_WRITE = textwrap.dedent("""

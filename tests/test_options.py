@@ -20,7 +20,7 @@ from cifar_lit.data.options import DataOptions
 from cifar_lit.models import resnet
 from cifar_lit.reliability.errors import ConfigError
 from cifar_lit.run import resume
-from cifar_lit.run.config import _docstring_help, parse_options
+from cifar_lit.run.config import _docstring_help, parse_options, refused_value
 from cifar_lit.run.options import GROUPS, Options, RunOptions, option_names
 from cifar_lit.run.train import EXIT_STATUS, RunResult, exit_status, fit, main
 from cifar_lit.training.module import CIFARClassifier
@@ -68,6 +68,12 @@ def test_fit_checks_typed_options_as_the_parser_checks_a_command_line(tmp_path):
     with pytest.raises(ConfigError, match=r"--max-epochs \(config key 'max_epochs'\) is 0"):
         fit(Options.of(max_epochs=0, logdir=str(tmp_path / "logs")))
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_value_refused_is_named_among_valid_ones_and_a_config_files_even_where_a_flag_overrides_it():
+    assert refused_value([("lr", 0.1), ("width", 16), ("model", "resnet9")]) is None
+    assert "--seed (config key 'seed') is -1" in refused_value([("lr", 0.1), ("seed", -1), ("width", 16)])
+    assert "is -1" in refused_value([("seed", -1), ("seed", 7)]), "the file's value, checked though a flag wins"
 
 
 def test_a_network_of_ones_own_is_module_colon_callable_and_a_wrong_one_is_named(tmp_path, monkeypatch):

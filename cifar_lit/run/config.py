@@ -152,9 +152,14 @@ def refused_value(values: list[tuple[str, Any]]) -> str | None:
     """The one-line message for the first of `values` that jsonargparse's own validation refuses, each value checked
     alone against its option's type (so no error text is read); None when each is valid alone."""
     parser, annotations = build_parser(), {name: annotation for name, annotation, _, _ in all_options()}
+    values = [(name, value) for name, value in values if name in annotations]
+    if len({name for name, _ in values}) == len(values):
+        try:  # all at once first: a parse costs ~20 ms, and a resume or a sweep's trial checks ~100 valid values
+            parser.parse_object(dict(values))
+            return None
+        except Exception:
+            pass  # one of them is refused: find which, alone
     for name, value in values:
-        if name not in annotations:
-            continue
         try:
             parser.parse_object({name: value})
         except Exception:  # jsonargparse's ArgumentError: the value is outside the type
