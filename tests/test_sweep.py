@@ -237,7 +237,7 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     storage = open_storage(POSTGRES, 60)
     logdirs = [tmp_path / "machine_a", tmp_path / "machine_b"]  # as on two machines: each its own run folders
     common = ["--space", str(space_file(tmp_path, LR_SPACE)), "--study", name, "--storage", POSTGRES,
-              "--trials", "3", "--pruner", "none", "--heartbeat", "1", *TINY_FLAGS, "--data-dir", str(image_folder)]
+              "--trials", "4", "--pruner", "none", "--heartbeat", "1", *TINY_FLAGS, "--data-dir", str(image_folder)]
     workers = [sweep_process([*common, "--logdir", str(logdir), "--max-epochs", "3"]) for logdir in logdirs]
     doomed = workers[0]
 
@@ -268,7 +268,7 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials()
     assert len({trial.number for trial in trials}) == len(trials), "trial numbers are unique"
-    assert sum(trial.state.name == "COMPLETE" for trial in trials) == 3, "the count asked for"
+    assert sum(trial.state.name == "COMPLETE" for trial in trials) == 4, "the count asked for"
     assert study.trials[killed.number].state.name == "FAIL", "the killed worker's trial, failed by its heartbeat"
     (retry,) = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed.number]
     assert retry.state.name == "COMPLETE" and retry.params == killed.params
