@@ -17,16 +17,10 @@ from helpers import TINY_FLAGS  # noqa: E402
 from synthetic import write_image_folder, write_torchvision_batches  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest -n: about one worker per core, so each worker (and the train.py processes it starts) uses one thread;
+    # pytest -n: one worker per core, so each worker (and the train.py processes it starts) uses one thread;
     # two threads per worker on two cores made every test about twice as slow.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: a worker per core and one more. Tests that start programs wait on them (a DDP launch's second rank
-    importing, a server starting, a kill's pause): the extra worker fills those waits (369 s -> 338 s on 2 cores)."""
-    return (os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
