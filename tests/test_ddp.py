@@ -137,10 +137,10 @@ def test_schedule_length_is_the_loaders_length_on_every_rank(odd_folder, shard):
 RUNNER = Path(__file__).with_name("phase_hold_runner.py")
 EXACT_DDP = ["--deterministic", "--target-acc", "1.0", "--max-epochs", "3", "--ckpt-every-n-epochs", "1"]
 # A run signalled in each phase in turn, each stop resumed by the next launch: (phase held on rank zero, HOLD_AFTER,
-# global step of last.ckpt after the stop). 5 steps per epoch on each rank; the resumed run's first checkpoints
-# after a validation are the second epoch's. The stopped runs are launched by
-# Lightning; the last resume by torchrun (a cluster job's resume). One chain, not a run per phase: each launch
-# costs two interpreters' imports (about 7 s each on 2 CPU cores).
+# global step of last.ckpt after the stop). 5 steps per epoch on each rank; the resumed run's first checkpoints after
+# a validation are the second epoch's. The stopped runs are launched by Lightning, the last resume by torchrun (a
+# cluster job's resume). One chain, not a run per phase: each launch costs two interpreters' imports (about 5 s each
+# on 2 CPU cores).
 SIGNALLED = [("train", None, 0), ("validation", None, 5), ("checkpoints", "validation", 10)]
 
 
