@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,10 +179,6 @@ def uninterrupted_ddp(odd_folder, tmp_path_factory) -> Path:
 def stop_in(phase: str, after: str | None, flags: list[str], logdir: Path) -> Path:
     """Launches train.py on two processes through the phase-holding runner, sends SIGTERM to rank zero once it is in
     `phase`, checks that every rank stopped well, and returns last.ckpt."""
-    import os
-    import signal
-    import time
-
     env = {**os.environ, "HOLD_PHASE": phase, "PYTHONPATH": str(ROOT), **({"HOLD_AFTER": after} if after else {})}
     process = python([str(RUNNER), *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     lines = []

@@ -149,8 +149,8 @@ def shown(value: Any) -> str:
 
 
 def refused_value(values: list[tuple[str, Any]]) -> str | None:
-    """The one-line message for the first of `values` that jsonargparse's own validation refuses, each value checked
-    alone against its option's type (so no error text is read); None when each is valid alone."""
+    """The one-line message for the first of `values` that jsonargparse's own validation refuses (the one refused
+    is found by checking each value alone, so no error text is read); None when each is valid alone."""
     parser, annotations = build_parser(), {name: annotation for name, annotation, _, _ in all_options()}
     values = [(name, value) for name, value in values if name in annotations]
     if len({name for name, _ in values}) == len(values):
