@@ -179,7 +179,7 @@ def captioned_grid_figure(cells: Sequence[np.ndarray | None], captions: Sequence
     enlarged `scale` times without smoothing. All cells are one image at the figure's own pixels, with no layout
     engine: a subplot per cell, each laid out and resampled, drew a 30-image grid 6x slower (1.61 s against 0.27 s,
     benchmarks/results/figure_drawing-*-2026-12-02.json), and that one image through imshow took 0.27 s against
-    0.15 s as `Pixels` (with its PNG; figure_drawing-*-2026-12-07.json)."""
+    0.14 s as `Pixels` (with its PNG; figure_drawing-*-2026-12-07.json)."""
     shown = [cell for cell in cells if cell is not None]
     height, width = (shown[0].shape[0] * scale, shown[0].shape[1] * scale) if shown else (32 * scale, 32 * scale)
     columns = max(1, min(columns, len(cells)))
