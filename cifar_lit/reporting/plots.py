@@ -160,7 +160,7 @@ def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
 
 class Pixels(Artist):
     """An RGBA uint8 array drawn at the figure's own pixels, under everything else, as it is: imshow and figimage
-    resample and colour-map it on every draw (a third of a 30-image grid's time)."""
+    resample and colour-map it on every draw (about half of a 30-image grid's time)."""
 
     def __init__(self, rgba: np.ndarray) -> None:
         super().__init__()
