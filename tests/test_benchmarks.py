@@ -190,16 +190,15 @@ def lines_of(results: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def lease_out(image_folder_master, tmp_path_factory) -> Path:
-    """Both calls of benchmarks/gpu_lease.sh on the CPU, from a .tar.gz as the GPU machine gets it. One fast85 seed:
-    each run is a program of its own (seconds of imports); the out-of-time test below goes through two seeds."""
+    """The lease's one command (`all`: both calls) on the CPU, from a .tar.gz as the GPU machine gets it. One fast85
+    seed: each run is a program of its own (seconds of imports); the out-of-time test below goes through two seeds."""
     def rehearse(root: Path) -> None:
         archive = root / "data.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(image_folder_master, arcname="cifar10-jpeg")
         env = {"GPU_LEASE_REHEARSE": "1", "GPU_LEASE_SEEDS": "1", "PYTHON": sys.executable,
                "GPU_LEASE_WORK": str(root / "work")}
-        for call in ("1", "2"):
-            run_script("bash", str(BENCHMARKS / "gpu_lease.sh"), str(archive), str(root / "out"), call, env=env)
+        run_script("bash", str(BENCHMARKS / "gpu_lease.sh"), str(archive), str(root / "out"), "all", env=env)
 
     return built_once(tmp_path_factory, "lease", rehearse) / "out"
 
@@ -269,7 +268,14 @@ def test_a_run_out_of_time_is_recorded_as_such_and_what_finished_is_kept(image_f
     lines = lines_of(out / "results.jsonl")
     assert lines[0] == {"kind": "fast85", "seed": 9, "reached": True}, "what finished before is kept"
     assert [(line["kind"], line["seed"], line["timed_out"], line["limit_seconds"]) for line in lines[1:]] == [
-        ("fast85", 0, True, 1), ("fast85", 1, True, 1), ("bare", 0, True, 1)]
+        ("fast85", 0, True, 1), ("bare", 0, True, 1), ("fast85", 1, True, 1)], "the bare loop right after the cold seed"
+
+
+def test_gpu_lease_refuses_an_unknown_call_before_it_starts_anything(tmp_path):
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_lease.sh"), str(tmp_path), str(tmp_path / "out"), "3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "error: CALL is '3'; it must be all" in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing written"
 
 
 def test_doc_tables_runs(capsys):
