@@ -29,7 +29,7 @@ DATA=${1:?usage: gpu_lease.sh DATA OUT CALL}
 OUT=${2:?usage: gpu_lease.sh DATA OUT CALL}
 CALL=${3:?usage: gpu_lease.sh DATA OUT CALL (all, 1 or 2)}
 case $CALL in
-  all) bash "$0" "$DATA" "$OUT" 1; bash "$0" "$DATA" "$OUT" 2; exit ;;
+  all) bash "$0" "$DATA" "$OUT" 1; first=$?; bash "$0" "$DATA" "$OUT" 2; second=$?; exit $(( first ? first : second )) ;;
   1|2) ;;
   *) echo "error: CALL is '$CALL'; it must be all (both calls in one command), 1 (fast85 and the bare loop) or 2 (default, 16-mixed, evaluate.py)" >&2; exit 2 ;;
 esac
@@ -96,12 +96,20 @@ run_limited() {
   fi
 }
 
-# Packages the GPU machine lacks, installed from wheels into the scratch folder (nothing system-wide).
+# Packages the GPU machine lacks, installed from wheels into the scratch folder (nothing system-wide). Once per
+# scratch folder and set of wheels: call 2 of `all` finds them installed.
 WHEELS=${GPU_LEASE_WHEELS:-}
 if [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  say "installing the wheels in $WHEELS"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-    "$WHEELS"/*.whl || { echo "error: installing the wheels in $WHEELS failed" >&2; exit 2; }
+  wheels=$(cd "$WHEELS" && ls -l ./*.whl)
+  if [ "$wheels" = "$(cat "$WORK/site/.installed" 2>/dev/null)" ]; then
+    say "the wheels in $WHEELS are installed already"
+  else
+    say "installing the wheels in $WHEELS"
+    rm -rf "$WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl \
+      || { echo "error: installing the wheels in $WHEELS failed" >&2; exit 2; }
+    echo "$wheels" > "$WORK/site/.installed"
+  fi
   export PYTHONPATH="$PYTHONPATH:$WORK/site"
 fi
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -276,6 +277,32 @@ def test_gpu_lease_refuses_an_unknown_call_before_it_starts_anything(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "error: CALL is '3'; it must be all" in result.stderr
     assert not (tmp_path / "out").exists(), "nothing written"
+
+
+def test_gpu_lease_installs_its_wheels_once_for_both_calls_and_names_bad_data(tmp_path):
+    """`all` as the GPU machine runs it, with a wheel of a package that machine lacks, and data that is not there:
+    call 1 installs the wheel, call 2 finds it installed, and each call names the data and exits 2."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "leasepkg-0.1-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("leasepkg/__init__.py", "VALUE = 7\n")
+        wheel.writestr("leasepkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: leasepkg\nVersion: 0.1\n")
+        wheel.writestr("leasepkg-0.1.dist-info/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr("leasepkg-0.1.dist-info/RECORD", "")
+    work, out, missing = tmp_path / "work", tmp_path / "out", tmp_path / "no-data.tar.gz"
+    env = {**os.environ, "GPU_LEASE_REHEARSE": "1", "PYTHON": sys.executable, "GPU_LEASE_WORK": str(work),
+           "GPU_LEASE_WHEELS": str(wheels)}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_lease.sh"), str(missing), str(out), "all"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    said = result.stdout + result.stderr  # each call's log takes both
+    assert said.count(f"error: the data {missing} is neither a folder nor a file") == 2, said
+    assert "installing the wheels" in (out / "call1.log").read_text()
+    assert "installed already" in (out / "call2.log").read_text()
+    imported = subprocess.run([sys.executable, "-c", "import leasepkg; print(leasepkg.VALUE)"], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(work / "site")}, capture_output=True, text=True)
+    assert imported.stdout == "7\n", imported.stderr
 
 
 def test_doc_tables_runs(capsys):
